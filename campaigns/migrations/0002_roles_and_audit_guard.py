@@ -1,0 +1,118 @@
+"""Roles as groups, the audit chain head, and (on PostgreSQL) an append-only audit table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+
+ROLES: dict[str, list[str]] = {
+    "Ops": [
+        "campaigns.add_campaign",
+        "campaigns.change_campaign",
+        "campaigns.view_campaign",
+        "campaigns.submit_campaign",
+        "campaigns.send_test_campaign",
+        "campaigns.operate_campaign",
+        "campaigns.view_delivery",
+        "campaigns.view_senderidentity",
+        "campaigns.view_approval",
+        "campaigns.view_auditevent",
+    ],
+    "Compliance": [
+        "campaigns.view_campaign",
+        "campaigns.approve_campaign",
+        "campaigns.send_test_campaign",
+        "campaigns.operate_campaign",
+        "campaigns.resolve_delivery",
+        "campaigns.emergency_stop",
+        "campaigns.view_delivery",
+        "campaigns.view_senderidentity",
+        "campaigns.view_approval",
+        "campaigns.view_auditevent",
+        "campaigns.view_suppression",
+    ],
+    "Admin": [
+        "accounts.add_user",
+        "accounts.change_user",
+        "accounts.view_user",
+        "auth.view_group",
+        "campaigns.view_campaign",
+        "campaigns.emergency_stop",
+        "campaigns.view_delivery",
+        "campaigns.add_senderidentity",
+        "campaigns.change_senderidentity",
+        "campaigns.delete_senderidentity",
+        "campaigns.view_senderidentity",
+        "campaigns.add_suppression",
+        "campaigns.view_suppression",
+        "campaigns.delete_suppression",
+        "campaigns.view_approval",
+        "campaigns.view_auditevent",
+        "campaigns.view_providerevent",
+    ],
+}
+
+AUDIT_TRIGGER = """
+CREATE OR REPLACE FUNCTION campaigns_auditevent_refuse_change() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'campaigns_auditevent is append-only (% refused)', TG_OP;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER campaigns_auditevent_append_only
+    BEFORE UPDATE OR DELETE ON campaigns_auditevent
+    FOR EACH ROW EXECUTE FUNCTION campaigns_auditevent_refuse_change();
+"""
+AUDIT_TRIGGER_REVERSE = """
+DROP TRIGGER IF EXISTS campaigns_auditevent_append_only ON campaigns_auditevent;
+DROP FUNCTION IF EXISTS campaigns_auditevent_refuse_change();
+"""
+
+
+def create_roles(apps: Any, schema_editor: Any) -> None:
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions are normally created after migrate; the roles need them now.
+    for app_config in apps.get_app_configs():
+        app_config.models_module = True
+        create_permissions(app_config, verbosity=0)
+        app_config.models_module = None
+
+    Group = apps.get_model("auth", "Group")
+    Permission = apps.get_model("auth", "Permission")
+    for role, perms in ROLES.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            group.permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+    apps.get_model("campaigns", "AuditChainHead").objects.get_or_create(pk=1)
+
+
+def drop_roles(apps: Any, schema_editor: Any) -> None:
+    apps.get_model("auth", "Group").objects.filter(name__in=ROLES).delete()
+
+
+def add_audit_trigger(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(AUDIT_TRIGGER)
+
+
+def drop_audit_trigger(apps: Any, schema_editor: Any) -> None:
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(AUDIT_TRIGGER_REVERSE)
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("campaigns", "0001_initial"),
+        ("accounts", "0001_initial"),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("contenttypes", "0002_remove_content_type_name"),
+    ]
+
+    operations = [
+        migrations.RunPython(create_roles, drop_roles),
+        migrations.RunPython(add_audit_trigger, drop_audit_trigger),
+    ]

@@ -1,0 +1,534 @@
+"""Campaigns, the per-recipient delivery ledger, approvals, suppressions and the audit chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+# A bare address: no separators, quotes, brackets or whitespace of any kind. The project's
+# address validator runs before every insert; this constraint is the database's own
+# refusal, so no code path (bulk_create, raw SQL, a future bug) can store "a@x, b@y".
+BARE_ADDRESS_REGEX = r'^[^\s,;<>"()\[\]\\:@]+@[^\s,;<>"()\[\]\\:@]+$'
+
+
+class TransitionError(Exception):
+    """A campaign action that is not allowed in the campaign's current state or for this user."""
+
+
+class IllegalTransition(TransitionError):
+    pass
+
+
+class TwoPersonRuleViolation(TransitionError):
+    pass
+
+
+class StaleDigest(TransitionError):
+    pass
+
+
+class SenderIdentity(models.Model):
+    name = models.CharField(max_length=100, unique=True, help_text="Internal label.")
+    from_name = models.CharField(max_length=100)
+    from_address = models.EmailField()
+    reply_to = models.EmailField(blank=True, default="")
+    postal_address = models.TextField(
+        help_text="Shown in every announcement (required by anti-spam law)."
+    )
+    message_id_domain = models.CharField(
+        max_length=253, help_text="Domain used in Message-IDs, e.g. mail.example.com."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "sender identities"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.from_address}>"
+
+
+class Campaign(models.Model):
+    class Category(models.TextChoices):
+        ANNOUNCEMENT = "announcement", "Announcement (unsubscribe link, postal address)"
+        SERVICE_NOTICE = "service_notice", "Service notice (mandatory, no unsubscribe)"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        IN_REVIEW = "in_review", "In review"
+        APPROVED = "approved", "Approved"
+        SENDING = "sending", "Sending"
+        PAUSED = "paused", "Paused"
+        SENT = "sent", "Sent"
+        CANCELLED = "cancelled", "Cancelled"
+
+    name = models.CharField(max_length=200)
+    category = models.CharField(
+        max_length=20, choices=Category.choices, default=Category.ANNOUNCEMENT
+    )
+    sender = models.ForeignKey(SenderIdentity, on_delete=models.PROTECT, related_name="campaigns")
+    subject_template = models.CharField(max_length=500)
+    text_template = models.TextField(
+        blank=True, default="", help_text="Plain-text part. Empty: derived from the HTML."
+    )
+    html_template = models.TextField(blank=True, default="")
+
+    # Audience: active audience members, narrowed by these filters (all optional).
+    audience_locale = models.CharField(max_length=35, blank=True, default="")
+    audience_joined_after = models.DateTimeField(null=True, blank=True)
+    audience_joined_before = models.DateTimeField(null=True, blank=True)
+    audience_attribute_name = models.CharField(max_length=64, blank=True, default="")
+    audience_attribute_value = models.CharField(max_length=255, blank=True, default="")
+    audience_addresses = models.TextField(
+        blank=True,
+        default="",
+        help_text="Optional uploaded list, one address per line: only these members receive it.",
+    )
+
+    scheduled_at = models.DateTimeField(
+        null=True, blank=True, help_text="Empty: send as soon as it is approved."
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.DRAFT)
+
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="authored_campaigns"
+    )
+    # Everyone who ever authored, edited or submitted this campaign: none of them may approve it.
+    contributors = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, related_name="contributed_campaigns", blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    edited_at = models.DateTimeField(null=True, blank=True)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    rejected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    sending_started_at = models.DateTimeField(null=True, blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    paused_at = models.DateTimeField(null=True, blank=True)
+    pause_reason = models.TextField(blank=True, default="")
+    resumed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    # Frozen at submission: what the reviewer approves.
+    frozen_digest = models.CharField(max_length=64, blank=True, default="")
+    audience_hash = models.CharField(max_length=64, blank=True, default="")
+    recipient_count = models.PositiveIntegerField(default=0)
+    # The digest of the current approval; the worker re-checks it before every batch.
+    approved_digest = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            ("approve_campaign", "Can approve or reject a campaign (Compliance)"),
+            ("submit_campaign", "Can submit a campaign for review"),
+            ("send_test_campaign", "Can send a campaign test to own seed addresses"),
+            ("operate_campaign", "Can pause, resume and cancel sending"),
+            ("resolve_delivery", "Can resend or mark sent a delivery in unknown state"),
+            ("emergency_stop", "Can halt and release all sending"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "draft",
+                        "in_review",
+                        "approved",
+                        "sending",
+                        "paused",
+                        "sent",
+                        "cancelled",
+                    ]
+                ),
+                name="campaigns_campaign_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(category__in=["announcement", "service_notice"]),
+                name="campaigns_campaign_category_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_announcement(self) -> bool:
+        return self.category == self.Category.ANNOUNCEMENT
+
+    def require_status(self, *allowed: str) -> None:
+        if self.status not in allowed:
+            names = ", ".join(self.Status(s).label for s in allowed)
+            raise IllegalTransition(
+                f"“{self.name}” is {self.get_status_display().lower()}; this needs: {names}."
+            )
+
+
+class Delivery(models.Model):
+    """The per-recipient ledger: one row per (campaign, recipient), frozen at submission."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CLAIMED = "claimed", "Claimed"
+        SENDING = "sending", "Sending"
+        SENT = "sent", "Sent"
+        RETRY_WAIT = "retry_wait", "Waiting to retry"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Skipped"
+        BLOCKED = "blocked", "Blocked by the guard"
+        UNKNOWN = "unknown", "Unknown (needs a decision)"
+        DELIVERED = "delivered", "Delivered"
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+
+    # Still to be worked on by the sender; the campaign is complete when none remain.
+    OPEN_STATUSES = ("pending", "claimed", "sending", "retry_wait")
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="deliveries")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="deliveries"
+    )
+    address = models.CharField(max_length=254)
+    # The recipient's placeholder values, frozen at submission so the approved render is what is sent.
+    recipient_data = models.JSONField(default=dict)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    claim_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    message_id = models.CharField(max_length=255, blank=True, default="")
+    provider_message_id = models.CharField(max_length=255, blank=True, default="")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint("campaign", "user", name="campaigns_delivery_one_per_user"),
+            models.UniqueConstraint(
+                "campaign", Lower("address"), name="campaigns_delivery_one_per_address"
+            ),
+            models.CheckConstraint(
+                condition=Q(address__regex=BARE_ADDRESS_REGEX),
+                name="campaigns_delivery_bare_address",
+            ),
+            models.CheckConstraint(
+                condition=Q(
+                    status__in=[
+                        "pending",
+                        "claimed",
+                        "sending",
+                        "sent",
+                        "retry_wait",
+                        "failed",
+                        "skipped",
+                        "blocked",
+                        "unknown",
+                        "delivered",
+                        "bounced",
+                        "complained",
+                    ]
+                ),
+                name="campaigns_delivery_status_valid",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "status"], name="campaigns_delivery_work"),
+            models.Index(fields=["message_id"], name="campaigns_delivery_msgid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.status})"
+
+
+class Approval(models.Model):
+    """An immutable record of a review decision and of exactly what the reviewer saw."""
+
+    class Decision(models.TextChoices):
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="approvals")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    comment = models.TextField(blank=True, default="")
+    digest = models.CharField(max_length=64)
+    recipient_count = models.PositiveIntegerField()
+    audience_hash = models.CharField(max_length=64)
+    # [{"delivery_id": ..., "label": ..., "eml": "<raw message as previewed>"}, ...]
+    samples = models.JSONField(default=list)
+    voided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(decision__in=["approved", "rejected"]),
+                name="campaigns_approval_decision_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_decision_display()} by {self.reviewer} on {self.campaign}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # The decision is immutable; only voiding (an edit after approval) may touch the row.
+        if self.pk is not None and kwargs.get("update_fields") != ["voided_at"]:
+            raise ValueError("Approvals are immutable.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Approvals are immutable.")
+
+
+class Suppression(models.Model):
+    class Reason(models.TextChoices):
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        HARD_BOUNCE = "hard_bounce", "Hard bounce"
+        COMPLAINT = "complaint", "Complaint"
+        MANUAL = "manual", "Manual"
+
+    address = models.CharField(max_length=254, unique=True, help_text="Stored lower-case.")
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    source = models.CharField(max_length=200, blank=True, default="")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reason__in=["unsubscribed", "hard_bounce", "complaint", "manual"]),
+                name="campaigns_suppression_reason_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.get_reason_display()})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.address = self.address.strip().lower()
+        super().save(*args, **kwargs)
+
+    def applies_to(self, category: str) -> bool:
+        """Unsubscribes silence announcements only; bounces, complaints and manual ones silence all."""
+        if self.reason == self.Reason.UNSUBSCRIBED:
+            return category == Campaign.Category.ANNOUNCEMENT
+        return True
+
+
+class ProviderEvent(models.Model):
+    """A tracking event from the provider's webhook, stored once per event id."""
+
+    provider = models.CharField(max_length=50)
+    event_id = models.CharField(max_length=255)
+    event_type = models.CharField(max_length=50)
+    recipient = models.CharField(max_length=254, blank=True, default="")
+    message_id = models.CharField(max_length=255, blank=True, default="")
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    payload = models.JSONField(default=dict)
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint("provider", "event_id", name="campaigns_providerevent_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_type} {self.recipient}"
+
+
+class SendingSwitch(models.Model):
+    """The emergency stop: a single row. While halted, no worker sends anything."""
+
+    halted = models.BooleanField(default=False)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+
+    def __str__(self) -> str:
+        return "halted" if self.halted else "running"
+
+    @classmethod
+    def get(cls) -> SendingSwitch:
+        switch, _ = cls.objects.get_or_create(pk=1)
+        return switch
+
+    @classmethod
+    def is_halted(cls) -> bool:
+        return cls.objects.filter(pk=1, halted=True).exists()
+
+
+class RateBucket(models.Model):
+    """Database-backed token bucket, used when REDIS_URL is not set."""
+
+    key = models.CharField(max_length=200, unique=True)
+    tokens = models.FloatField()
+    updated_at = models.FloatField(help_text="Unix time of the last refill.")
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class AuditChainHead(models.Model):
+    """One row: the newest link of the audit chain. Writers lock it, so the chain never forks."""
+
+    seq = models.BigIntegerField(default=0)
+    hash = models.CharField(max_length=64, default="0" * 64)
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.hash[:12]}"
+
+
+class AuditEvent(models.Model):
+    """Append-only, hash-chained record of every decision and transition.
+
+    Actor and object are stored as plain values, not foreign keys, so that deleting
+    anything never cascades into (or is blocked by) the history.
+    """
+
+    seq = models.BigIntegerField(unique=True)
+    created_at = models.DateTimeField()
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor_label = models.CharField(max_length=254, blank=True, default="")
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64, blank=True, default="")
+    object_id = models.CharField(max_length=64, blank=True, default="")
+    data = models.JSONField(default=dict)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [models.Index(fields=["object_type", "object_id"], name="campaigns_audit_object")]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.action} {self.object_type}:{self.object_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Audit events are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Audit events are append-only.")
+
+    def compute_hash(self) -> str:
+        return chain_hash(
+            prev_hash=self.prev_hash,
+            seq=self.seq,
+            created_at=self.created_at,
+            actor_id=self.actor_id,
+            actor_label=self.actor_label,
+            action=self.action,
+            object_type=self.object_type,
+            object_id=self.object_id,
+            data=self.data,
+        )
+
+
+def chain_hash(
+    *,
+    prev_hash: str,
+    seq: int,
+    created_at: datetime,
+    actor_id: int | None,
+    actor_label: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    data: dict[str, Any],
+) -> str:
+    canonical = json.dumps(
+        {
+            "prev": prev_hash,
+            "seq": seq,
+            "at": created_at.astimezone(UTC).isoformat(timespec="microseconds"),
+            "actor_id": actor_id,
+            "actor": actor_label,
+            "action": action,
+            "object_type": object_type,
+            "object_id": object_id,
+            "data": data,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def record_audit(
+    action: str,
+    *,
+    actor: Any = None,
+    obj: models.Model | None = None,
+    data: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain, in the caller's transaction.
+
+    The chain head row is locked for the rest of the transaction, which serializes
+    writers: two concurrent events can never both link to the same predecessor.
+    """
+    payload = json.loads(json.dumps(data or {}, default=str))
+    with transaction.atomic():
+        head, _ = AuditChainHead.objects.get_or_create(pk=1)
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
+        event = AuditEvent(
+            seq=head.seq + 1,
+            created_at=timezone.now(),
+            actor_id=getattr(actor, "pk", None),
+            actor_label=str(getattr(actor, "username", "") or actor or "system"),
+            action=action,
+            object_type=obj._meta.label_lower if obj is not None else "",
+            object_id=str(obj.pk) if obj is not None else "",
+            data=payload,
+            prev_hash=head.hash,
+        )
+        event.hash = event.compute_hash()
+        event.save()
+        head.seq = event.seq
+        head.hash = event.hash
+        head.save(update_fields=["seq", "hash"])
+    return event

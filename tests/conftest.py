@@ -1,0 +1,113 @@
+"""Personas and service checks shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+from django.contrib.auth.models import Group
+
+from accounts.models import User
+
+DEMO_PASSWORD = "correct-horse-battery-staple"
+
+
+def _uses_postgres() -> bool:
+    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
+def _redis_urls() -> list[str]:
+    urls = [settings.CELERY_BROKER_URL, settings.REDIS_URL]
+    return [u for u in urls if u and u.startswith(("redis://", "rediss://"))]
+
+
+def _reachable(url: str) -> bool:
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection(
+            (parsed.hostname or "localhost", parsed.port or 6379), timeout=3
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    redis_urls = _redis_urls()
+    unreachable = [u for u in redis_urls if not _reachable(u)]
+    if unreachable and in_ci:
+        # In CI a configured service that is down is a failure, never a silent skip.
+        pytest.exit(f"CI=true and Redis is unreachable: {', '.join(unreachable)}", returncode=3)
+    for item in items:
+        if "needs_postgres" in item.keywords and not _uses_postgres():
+            item.add_marker(pytest.mark.skip(reason="DATABASE_URL does not name PostgreSQL"))
+        if "needs_redis" in item.keywords and (not redis_urls or unreachable):
+            item.add_marker(pytest.mark.skip(reason="no reachable Redis configured"))
+
+
+def make_staff(username: str, *roles: str, superuser: bool = False, **extra: Any) -> User:
+    user = User.objects.create_user(
+        username=username,
+        email=extra.pop("email", f"{username}@example.com"),
+        password=DEMO_PASSWORD,
+        is_staff=True,
+        is_superuser=superuser,
+        **extra,
+    )
+    for role in roles:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def olivia(db: None) -> User:
+    """Ops: the usual campaign author."""
+    return make_staff("olivia", "Ops", first_name="Olivia")
+
+
+@pytest.fixture
+def oscar(db: None) -> User:
+    """Ops: a second author or editor."""
+    return make_staff("oscar", "Ops", first_name="Oscar")
+
+
+@pytest.fixture
+def rita(db: None) -> User:
+    """Compliance: the reviewer."""
+    return make_staff("rita", "Compliance", first_name="Rita")
+
+
+@pytest.fixture
+def root(db: None) -> User:
+    """Admin and superuser: runs the system, approves nothing."""
+    return make_staff("root", "Admin", superuser=True)
+
+
+@pytest.fixture
+def mallory(db: None) -> User:
+    """Staff with no role at all."""
+    return make_staff("mallory")
+
+
+@pytest.fixture
+def make_member(db: None) -> Callable[..., User]:
+    """Create an audience member (non-staff, never logs in)."""
+    counter = {"n": 0}
+
+    def make(email: str | None = None, **fields: Any) -> User:
+        counter["n"] += 1
+        email = email or f"member{counter['n']}@example.org"
+        return User.objects.create_user(
+            username=fields.pop("username", email.lower()),
+            email=email,
+            password=None,
+            **fields,
+        )
+
+    return make
