@@ -82,3 +82,16 @@ class User(AbstractUser):
     def seed_address_list(self) -> list[str]:
         lines = [line.strip() for line in self.seed_addresses.splitlines() if line.strip()]
         return lines or [self.email]
+
+
+class AudienceAttribute(models.Model):
+    """An imported attribute name: templates may use it as a placeholder."""
+
+    name = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

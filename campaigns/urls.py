@@ -1,4 +1,10 @@
 from __future__ import annotations
 
+from django.urls import path
+
+from . import views
+
 app_name = "campaigns"
-urlpatterns: list = []
+urlpatterns = [
+    path("u/<str:token>/", views.unsubscribe, name="unsubscribe"),
+]

@@ -107,7 +107,7 @@ def drop_audit_trigger(apps: Any, schema_editor: Any) -> None:
 class Migration(migrations.Migration):
     dependencies = [
         ("campaigns", "0001_initial"),
-        ("accounts", "0001_initial"),
+        ("accounts", "0002_audience_attribute"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
     ]

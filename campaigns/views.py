@@ -1,0 +1,9 @@
+"""Public and staff views. The unsubscribe pages land with the sending work."""
+
+from __future__ import annotations
+
+from django.http import Http404, HttpRequest, HttpResponse
+
+
+def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
+    raise Http404("Unsubscribe is not available yet.")
