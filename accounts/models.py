@@ -32,6 +32,12 @@ class User(AbstractUser):
         blank=True,
         help_text="Imported attributes (flat string values) that templates may use.",
     )
+    time_zone = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        help_text="IANA name, e.g. Europe/Berlin. Times are stored in UTC and shown in this zone.",
+    )
     seed_addresses = models.TextField(
         blank=True,
         default="",

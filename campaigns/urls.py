@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import views
+from .unsubscribe import unsubscribe
 
 app_name = "campaigns"
 urlpatterns = [
-    path("u/<str:token>/", views.unsubscribe, name="unsubscribe"),
+    path("u/<str:token>/", unsubscribe, name="unsubscribe"),
 ]

@@ -94,6 +94,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "accounts.middleware.UserTimezoneMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -230,13 +231,15 @@ UNSUBSCRIBE_MAILTO = env_str("UNSUBSCRIBE_MAILTO")
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 BROKER_DIR = VAR_DIR / "broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         # Producers and consumers must share one folder: the transport reads what it wrote.
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        # Broadcast (pidbox) exchanges; kombu's default is ./control in the working directory.
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
     (VAR_DIR / "results").mkdir(parents=True, exist_ok=True)
@@ -258,7 +261,11 @@ CELERY_TASK_SOFT_TIME_LIMIT = 540
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-CELERY_BEAT_SCHEDULE: dict[str, Any] = {}
+CELERY_BEAT_SCHEDULE: dict[str, Any] = {
+    # Repairs expired claims, launches due scheduled campaigns, re-dispatches lost work,
+    # marks campaigns complete. Cheap when there is nothing to do.
+    "sweep": {"task": "countersign.sweep", "schedule": env_float("SWEEP_INTERVAL_SECONDS", 15.0)},
+}
 
 REDIS_URL = env_str("REDIS_URL")
 
@@ -267,6 +274,8 @@ REDIS_URL = env_str("REDIS_URL")
 SEND_RATE_PER_SECOND = env_float("SEND_RATE_PER_SECOND", 20.0)
 SEND_BURST = env_int("SEND_BURST", 20)
 SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 50)
+# How many batch chains run side by side for one campaign (at most one per worker process helps).
+SEND_PARALLEL_BATCHES = env_int("SEND_PARALLEL_BATCHES", 2)
 CLAIM_LEASE_SECONDS = env_int("CLAIM_LEASE_SECONDS", 300)
 
 LOGGING: dict[str, Any] = {

@@ -15,5 +15,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("", include("campaigns.urls")),
+    # Provider tracking webhooks (basic-auth secret from ANYMAIL_WEBHOOK_SECRET).
+    path("anymail/", include("anymail.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,4 +1,4 @@
-"""Public and staff views. The unsubscribe pages land with the sending work."""
+"""Public one-click unsubscribe (RFC 8058)."""
 
 from __future__ import annotations
 
