@@ -51,6 +51,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="no reachable Redis configured"))
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # Persona logins need a hash, not a slow one: the default hasher dominates test time.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def make_staff(username: str, *roles: str, superuser: bool = False, **extra: Any) -> User:
     user = User.objects.create_user(
         username=username,

@@ -96,12 +96,12 @@ def drop_roles(apps: Any, schema_editor: Any) -> None:
 
 def add_audit_trigger(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(AUDIT_TRIGGER)
+        schema_editor.execute(AUDIT_TRIGGER, params=None)
 
 
 def drop_audit_trigger(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(AUDIT_TRIGGER_REVERSE)
+        schema_editor.execute(AUDIT_TRIGGER_REVERSE, params=None)
 
 
 class Migration(migrations.Migration):
