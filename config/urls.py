@@ -12,7 +12,19 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
+def emergency_stop(request: HttpRequest) -> HttpResponse:
+    from campaigns.views import emergency_stop as view
+
+    return view(request, admin.site.each_context(request))
+
+
 urlpatterns = [
+    # Before the admin's own catch-all: halts and releases all sending (Admin, Compliance).
+    path(
+        "admin/campaigns/emergency-stop/",
+        admin.site.admin_view(emergency_stop),
+        name="campaigns_emergency_stop",
+    ),
     path("healthz", healthz, name="healthz"),
     path("", include("campaigns.urls")),
     # Provider tracking webhooks (basic-auth secret from ANYMAIL_WEBHOOK_SECRET).

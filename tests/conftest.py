@@ -13,6 +13,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 
 from accounts.models import User
+from tests.postmark_stub import postmark_stub  # noqa: F401  (shared fixture)
 
 DEMO_PASSWORD = "correct-horse-battery-staple"
 
@@ -49,6 +50,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="DATABASE_URL does not name PostgreSQL"))
         if "needs_redis" in item.keywords and (not redis_urls or unreachable):
             item.add_marker(pytest.mark.skip(reason="no reachable Redis configured"))
+
+
+@pytest.fixture(autouse=True)
+def _guarded_mail(settings: Any) -> None:
+    # pytest-django swaps EMAIL_BACKEND for locmem; put the guard back on top of it, so
+    # every test's mail passes the same guard as production mail.
+    settings.EMAIL_BACKEND = "campaigns.backends.GuardedBackend"
+    settings.EMAIL_TRANSPORT = "django.core.mail.backends.locmem.EmailBackend"
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,142 @@
+"""Compose and review forms. Template problems are refused on save, with their position."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django import forms
+from django.utils import timezone
+
+from .models import Campaign
+from .rendering import MESSAGE_ERRORS, Recipient, build_message
+from .templating import (
+    TemplateSyntaxError,
+    allowed_placeholders,
+    compile_subject,
+    compile_template,
+    html_changes,
+)
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+def _compile_errors(campaign: Campaign) -> dict[str, str]:
+    """Per-field template errors, each naming its line and column."""
+    allowed = allowed_placeholders(category=campaign.category or None)
+    errors: dict[str, str] = {}
+    try:
+        compile_subject(campaign.subject_template, allowed=allowed)
+    except TemplateSyntaxError as exc:
+        errors["subject_template"] = str(exc)
+    for name in ("text_template", "html_template"):
+        source = getattr(campaign, name)
+        if not source:
+            continue
+        try:
+            compile_template(source, allowed=allowed)
+        except TemplateSyntaxError as exc:
+            errors[name] = str(exc)
+    if not campaign.text_template.strip() and not campaign.html_template.strip():
+        errors["text_template"] = "A text part is required (or an HTML part to derive it from)."
+    return errors
+
+
+def template_problems(campaign: Campaign) -> list[str]:
+    """Everything that stops submit or a test send: template errors, and a message that
+    cannot be built (for announcements the builder also proves the unsubscribe link and
+    the sender's postal address are in both bodies)."""
+    problems = [
+        f"{name.replace('_', ' ')}: {error}" for name, error in _compile_errors(campaign).items()
+    ]
+    if problems:
+        return problems
+    data = {name: f"[{name}]" for name in allowed_placeholders(category=campaign.category)}
+    data.pop("unsubscribe_url", None)
+    sample = Recipient(
+        address="preflight@example.com", display_name="", data=data, delivery_id=None, user_id=None
+    )
+    try:
+        build_message(campaign, sample, send_time=timezone.now())
+    except MESSAGE_ERRORS as exc:
+        problems.append(str(exc))
+    return problems
+
+
+class CampaignForm(forms.ModelForm):
+    audience_count = forms.CharField(required=False, disabled=True, label="Recipients now")
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "name",
+            "category",
+            "sender",
+            "subject_template",
+            "text_template",
+            "html_template",
+            "audience_locale",
+            "audience_joined_after",
+            "audience_joined_before",
+            "audience_attribute_name",
+            "audience_attribute_value",
+            "audience_addresses",
+            "scheduled_at",
+        ]
+        widgets = {
+            "subject_template": forms.TextInput(attrs={"size": 90}),
+            "text_template": forms.Textarea(
+                attrs={"rows": 12, "cols": 90, "class": "vLargeTextField"}
+            ),
+            "html_template": forms.Textarea(
+                attrs={"rows": 12, "cols": 90, "class": "vLargeTextField"}
+            ),
+            "audience_addresses": forms.Textarea(attrs={"rows": 4, "cols": 60}),
+        }
+
+    def clean_audience_attribute_name(self) -> str:
+        name: str = self.cleaned_data.get("audience_attribute_name", "").strip()
+        if name and not _IDENTIFIER.match(name):
+            raise forms.ValidationError("Use an imported attribute name (letters, digits, _).")
+        return name
+
+    def clean_audience_addresses(self) -> str:
+        from .services import parse_address_list
+
+        text: str = self.cleaned_data.get("audience_addresses", "")
+        _, errors = parse_address_list(text)
+        if errors:
+            shown = errors[:20]
+            more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+            raise forms.ValidationError("; ".join(shown) + more)
+        return text
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        candidate = Campaign(
+            category=cleaned.get("category") or Campaign.Category.ANNOUNCEMENT,
+            subject_template=cleaned.get("subject_template", ""),
+            text_template=cleaned.get("text_template", ""),
+            html_template=cleaned.get("html_template", ""),
+        )
+        for name, error in _compile_errors(candidate).items():
+            if name in self.fields and name not in self.errors:
+                self.add_error(name, error)
+        html = cleaned.get("html_template", "")
+        if html and "html_template" not in self.errors:
+            removed = html_changes(html)
+            if removed:
+                self.add_error(
+                    "html_template",
+                    "Not allowed in email HTML (it would be removed): " + "; ".join(removed),
+                )
+        if cleaned.get("audience_attribute_name") and not cleaned.get("audience_attribute_value"):
+            self.add_error("audience_attribute_value", "Give the value the attribute must equal.")
+        return cleaned
+
+
+class DecisionForm(forms.Form):
+    digest = forms.RegexField(
+        regex=r"^[0-9a-f]{64}$", error_messages={"invalid": "Malformed digest."}
+    )
+    comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3, "cols": 60}))

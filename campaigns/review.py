@@ -1,0 +1,207 @@
+"""What the reviewer sees: real sample messages of the frozen audience and pre-flight checks.
+
+Every sample is built by the same `build_message` the workers use, at a pinned send time,
+so the bytes shown here are the bytes stored with the approval.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q
+
+from .guard import GuardViolation, preflight, provider_payload_preview
+from .models import Campaign, Delivery
+from .rendering import (
+    MESSAGE_ERRORS,
+    CampaignMessage,
+    build_message,
+    recipient_for_delivery,
+    render_eml,
+)
+from .services import preview_time
+from .templating import allowed_placeholders, compile_template
+
+RANDOM_SAMPLES = 3
+
+
+@dataclass
+class Sample:
+    label: str
+    delivery: Delivery
+    eml: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    text: str = ""
+    html: str | None = None
+    payload: str | None = None
+    error: str = ""
+    violations: list[str] = field(default_factory=list)
+    message: CampaignMessage | None = None
+
+
+@dataclass
+class Check:
+    label: str
+    ok: bool
+    detail: str = ""
+    blocking: bool = True
+
+
+@dataclass
+class Review:
+    campaign: Campaign
+    samples: list[Sample]
+    checks: list[Check]
+    missing_values: dict[str, int]
+
+    @property
+    def checks_pass(self) -> bool:
+        return all(check.ok for check in self.checks if check.blocking)
+
+    def stored_samples(self) -> list[dict[str, Any]]:
+        """What the Approval keeps: the raw messages exactly as the reviewer saw them."""
+        return [
+            {
+                "delivery_id": s.delivery.pk,
+                "label": s.label,
+                "address": s.delivery.address,
+                "eml": s.eml,
+            }
+            for s in self.samples
+        ]
+
+
+def pick_samples(campaign: Campaign) -> list[tuple[str, Delivery]]:
+    """The first recipient, a few picked from the digest, and edge cases (longest, non-ASCII name)."""
+    deliveries = Delivery.objects.filter(campaign=campaign).order_by("id")
+    ids = list(deliveries.values_list("id", flat=True))
+    if not ids:
+        return []
+    picked: dict[int, str] = {ids[0]: "first recipient"}
+    digest = campaign.frozen_digest or "0" * 64
+    for i in range(RANDOM_SAMPLES):
+        index = int(digest[i * 8 : (i + 1) * 8], 16) % len(ids)
+        picked.setdefault(ids[index], f"picked from the digest (#{index + 1})")
+    longest: tuple[int, int] | None = None
+    non_ascii: int | None = None
+    for pk, data in deliveries.values_list("id", "recipient_data").iterator(chunk_size=2000):
+        name = f"{data.get('first_name', '')} {data.get('last_name', '')}".strip()
+        if longest is None or len(name) > longest[1]:
+            longest = (pk, len(name))
+        if non_ascii is None and not name.isascii():
+            non_ascii = pk
+    if longest is not None:
+        picked.setdefault(longest[0], "longest display name")
+    if non_ascii is not None:
+        picked.setdefault(non_ascii, "non-ASCII display name")
+    by_id = {d.pk: d for d in deliveries.filter(pk__in=picked).select_related("campaign")}
+    return [(label, by_id[pk]) for pk, label in picked.items()]
+
+
+def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample:
+    sample = Sample(label=label, delivery=delivery)
+    try:
+        message = build_message(
+            campaign, recipient_for_delivery(delivery), send_time=preview_time(campaign)
+        )
+    except MESSAGE_ERRORS as exc:
+        sample.error = f"This recipient would fail: {exc}"
+        return sample
+    sample.message = message
+    raw = render_eml(message)
+    sample.eml = raw.decode("utf-8", errors="replace")
+    parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
+    sample.headers = [(name, str(value)) for name, value in parsed.items()]
+    modern = email.message_from_bytes(raw, policy=email.policy.default)
+    text_part = modern.get_body(preferencelist=("plain",))
+    html_part = modern.get_body(preferencelist=("html",))
+    sample.text = text_part.get_content() if text_part is not None else ""
+    sample.html = html_part.get_content() if html_part is not None else None
+    sample.violations.extend(f"{v.layer}: {v.reason}" for v in preflight(message))
+    try:
+        sample.payload = provider_payload_preview(message)
+    except GuardViolation as exc:
+        sample.violations.append(f"{exc.layer}: {exc.reason}")
+    return sample
+
+
+def count_missing_values(campaign: Campaign) -> dict[str, int]:
+    """How many recipients lack a value for each placeholder used without a default."""
+    allowed = allowed_placeholders(category=campaign.category)
+    required: set[str] = set()
+    for source in (campaign.subject_template, campaign.text_template, campaign.html_template):
+        if source:
+            required |= compile_template(source, allowed=allowed).required
+    required.discard("unsubscribe_url")
+    counts: dict[str, int] = {}
+    deliveries = Delivery.objects.filter(campaign=campaign)
+    for name in sorted(required):
+        present = Q(**{f"recipient_data__{name}__isnull": False}) & ~Q(
+            **{f"recipient_data__{name}": ""}
+        )
+        counts[name] = deliveries.exclude(present).count()
+    return counts
+
+
+def build_review(campaign: Campaign) -> Review:
+    samples = [_render_sample(campaign, label, d) for label, d in pick_samples(campaign)]
+    missing = count_missing_values(campaign)
+    rendered = [s for s in samples if s.message is not None]
+    checks = [
+        Check(
+            "One recipient per message",
+            all(not s.violations for s in rendered) and bool(rendered),
+            "; ".join(v for s in samples for v in s.violations),
+        ),
+        Check(
+            "No unresolved placeholder in any sample",
+            all("{{" not in s.eml and "{%" not in s.eml for s in rendered),
+        ),
+        Check(
+            "No foreign address in any render",
+            all(not any(v.startswith("content") for v in s.violations) for s in rendered),
+        ),
+        Check(
+            "Sender domain configured",
+            bool(campaign.sender.message_id_domain.strip())
+            and campaign.sender.from_address.rsplit("@", 1)[-1] != "",
+            campaign.sender.message_id_domain,
+        ),
+        Check(
+            "Every recipient has a value for each placeholder without a default",
+            not any(missing.values()),
+            ", ".join(f"{n} missing for {c}" for n, c in missing.items() if c)
+            + (
+                " — those deliveries will fail, not get a fallback" if any(missing.values()) else ""
+            ),
+            blocking=False,
+        ),
+    ]
+    if campaign.is_announcement:
+        checks.insert(
+            1,
+            Check(
+                "Unsubscribe headers present (List-Unsubscribe, One-Click)",
+                bool(rendered)
+                and all(
+                    "List-Unsubscribe" in s.message.extra_headers
+                    and s.message.extra_headers.get("List-Unsubscribe-Post")
+                    == "List-Unsubscribe=One-Click"
+                    for s in rendered
+                    if s.message is not None
+                ),
+            ),
+        )
+    if getattr(settings, "EMAIL_TRANSPORT", "").startswith("anymail."):
+        checks.append(
+            Check(
+                "Provider payload has exactly one recipient",
+                all(s.payload is not None for s in rendered)
+                and all(not s.violations for s in rendered),
+            )
+        )
+    return Review(campaign=campaign, samples=samples, checks=checks, missing_values=missing)

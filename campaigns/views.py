@@ -1,0 +1,347 @@
+"""Staff views mounted under /admin/campaigns/campaign/<id>/ and the public unsubscribe page.
+
+Transitions are POST-only and CSRF-checked (the admin wrapper applies csrf_protect); each
+starts with a permission-checked lookup. Rules live in services; views turn refusals into
+messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.models import User
+
+from . import sending, services
+from .forms import DecisionForm
+from .models import Campaign, Delivery, SendingSwitch, TransitionError, record_audit
+from .rendering import build_message, recipient_for_delivery, render_eml
+
+
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    if not isinstance(user, User) or not user.is_authenticated:
+        raise PermissionDenied
+    return user
+
+
+def campaign_for(request: HttpRequest, pk: int, perm: str) -> tuple[Campaign, User]:
+    """Load the campaign after checking that the user's role grants `perm` (403 otherwise)."""
+    user = _user(request)
+    if not user.has_role_perm(perm):
+        raise PermissionDenied(f"Your role does not grant {perm}.")
+    campaign = get_object_or_404(Campaign.objects.select_related("sender", "author"), pk=pk)
+    return campaign, user
+
+
+def _back(campaign: Campaign, view: str = "change") -> HttpResponseRedirect:
+    return HttpResponseRedirect(reverse(f"admin:campaigns_campaign_{view}", args=[campaign.pk]))
+
+
+def _transition(
+    request: HttpRequest,
+    campaign: Campaign,
+    action: Callable[[], Any],
+    success: str,
+    view: str = "change",
+) -> HttpResponseRedirect:
+    try:
+        action()
+    except TransitionError as exc:
+        messages.error(request, str(exc))
+        return _back(campaign, "review" if view == "review" else "change")
+    messages.success(request, success)
+    return _back(campaign, view)
+
+
+@require_POST
+def submit(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.submit_campaign")
+    return _transition(
+        request,
+        campaign,
+        lambda: services.submit_for_review(campaign, by=user),
+        "Submitted for review. The content and the recipient list are now frozen.",
+    )
+
+
+@require_GET
+def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
+    from .review import build_review
+
+    campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
+    if not campaign.frozen_digest:
+        messages.info(request, "Nothing to review: the campaign has not been submitted.")
+        return _back(campaign)
+    result = build_review(campaign)
+    recipients = Delivery.objects.filter(campaign=campaign).order_by("id")[:50]
+    context = {
+        **site_context,
+        "title": f"Review: {campaign.name}",
+        "campaign": campaign,
+        "opts": Campaign._meta,
+        "review": result,
+        "digest": campaign.frozen_digest,
+        "recipients": recipients,
+        "can_decide": campaign.status == Campaign.Status.IN_REVIEW
+        and services.can_decide(user, campaign),
+        "is_reviewer": user.has_role_perm("campaigns.approve_campaign"),
+        "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
+    }
+    return TemplateResponse(request, "admin/campaigns/campaign/review.html", context)
+
+
+def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.approve_campaign")
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The review form was incomplete: " + form.errors.as_text())
+        return _back(campaign, "review")
+    digest, comment = form.cleaned_data["digest"], form.cleaned_data["comment"]
+    if approve:
+        return _transition(
+            request,
+            campaign,
+            lambda: services.approve_campaign(campaign, by=user, digest=digest, comment=comment),
+            "Approved. Sending starts at the scheduled time (or now if none is set).",
+            view="review",
+        )
+    return _transition(
+        request,
+        campaign,
+        lambda: services.reject_campaign(campaign, by=user, digest=digest, comment=comment),
+        "Rejected: the campaign is back in draft with your comment.",
+        view="review",
+    )
+
+
+@require_POST
+def approve(request: HttpRequest, pk: int) -> HttpResponse:
+    return _decide(request, pk, approve=True)
+
+
+@require_POST
+def reject(request: HttpRequest, pk: int) -> HttpResponse:
+    return _decide(request, pk, approve=False)
+
+
+@require_POST
+def test_send(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.send_test_campaign")
+    try:
+        result = services.send_test(campaign, by=user)
+    except TransitionError as exc:
+        messages.error(request, str(exc))
+        return _back(campaign)
+    messages.success(request, "Test sent, one message each, to: " + ", ".join(result.sent))
+    return _back(campaign)
+
+
+def _preview_delivery(
+    request: HttpRequest, pk: int, delivery_id: int
+) -> tuple[Campaign, Delivery, bytes]:
+    campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
+    delivery = get_object_or_404(Delivery, pk=delivery_id, campaign=campaign)
+    message = build_message(
+        campaign, recipient_for_delivery(delivery), send_time=services.preview_time(campaign)
+    )
+    return campaign, delivery, render_eml(message)
+
+
+@require_GET
+def preview_eml(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse:
+    campaign, delivery, raw = _preview_delivery(request, pk, delivery_id)
+    response = HttpResponse(raw, content_type="message/rfc822")
+    response["Content-Disposition"] = (
+        f'attachment; filename="campaign-{campaign.pk}-delivery-{delivery.pk}.eml"'
+    )
+    return response
+
+
+@require_GET
+def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse:
+    """The HTML part alone, for the review page's sandboxed iframe.
+
+    Staff-authored HTML never renders inside our own pages: it is served on its own, with
+    a CSP that forbids scripts, plugins, forms and every fetch but inline styles and images,
+    and the `sandbox` directive, so even a sanitizer miss runs nothing.
+    """
+    import email
+    import email.policy
+
+    _, _, raw = _preview_delivery(request, pk, delivery_id)
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    part = parsed.get_body(preferencelist=("html",))
+    if part is None:
+        raise Http404("This message has no HTML part.")
+    response = HttpResponse(part.get_content(), content_type="text/html; charset=utf-8")
+    response["Content-Security-Policy"] = (
+        "sandbox; default-src 'none'; img-src https: data:; style-src 'unsafe-inline'; "
+        "form-action 'none'; frame-ancestors 'self'; base-uri 'none'"
+    )
+    # The review page (same origin) frames this; X-Frame-Options DENY elsewhere stays.
+    response["X-Frame-Options"] = "SAMEORIGIN"
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+def recipients_csv(request: HttpRequest, pk: int) -> HttpResponseBase:
+    campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
+    record_audit("campaign.recipients_downloaded", actor=user, obj=campaign)
+    response = StreamingHttpResponse(
+        services.recipients_csv_rows(campaign), content_type="text/csv"
+    )
+    response["Content-Disposition"] = (
+        f'attachment; filename="campaign-{campaign.pk}-recipients.csv"'
+    )
+    return response
+
+
+@require_GET
+def audience_count(request: HttpRequest) -> JsonResponse:
+    """Live recipient count for the compose screen, from the filters being edited."""
+    from django.utils.dateparse import parse_datetime
+
+    user = _user(request)
+    if not (
+        user.has_role_perm("campaigns.add_campaign")
+        or user.has_role_perm("campaigns.change_campaign")
+    ):
+        raise PermissionDenied
+    params = request.GET
+    draft = Campaign(
+        category=params.get("category") or Campaign.Category.ANNOUNCEMENT,
+        audience_locale=params.get("audience_locale", ""),
+        audience_attribute_name=params.get("audience_attribute_name", ""),
+        audience_attribute_value=params.get("audience_attribute_value", ""),
+        audience_addresses=params.get("audience_addresses", ""),
+    )
+    for name in ("audience_joined_after", "audience_joined_before"):
+        value = params.get(name, "").strip()
+        if value:
+            parsed = parse_datetime(value.replace(" ", "T"))
+            if parsed is None:
+                return JsonResponse({"error": f"{name}: not a date and time"}, status=400)
+            setattr(draft, name, parsed)
+    if draft.audience_attribute_name and not draft.audience_attribute_name.isidentifier():
+        return JsonResponse({"error": "attribute name: not an identifier"}, status=400)
+    summary = services.count_audience(draft)
+    return JsonResponse(
+        {
+            "recipients": summary.recipients,
+            "suppressed": summary.suppressed,
+            "invalid": summary.invalid,
+            "unmatched_list_addresses": summary.unmatched_list_addresses,
+        }
+    )
+
+
+# --- Operator controls (sending) ---------------------------------------------------------------
+
+
+@require_POST
+def pause(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.operate_campaign")
+    reason = request.POST.get("reason", "").strip()
+    return _transition(
+        request,
+        campaign,
+        lambda: sending.pause_campaign(campaign, by=user, reason=reason),
+        "Paused. Workers stop before their next message.",
+    )
+
+
+@require_POST
+def resume(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.operate_campaign")
+    return _transition(
+        request, campaign, lambda: sending.resume_campaign(campaign, by=user), "Resumed."
+    )
+
+
+@require_POST
+def cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.operate_campaign")
+    return _transition(
+        request,
+        campaign,
+        lambda: sending.cancel_campaign(campaign, by=user),
+        "Cancelled. Nothing more will be sent; what was sent stays recorded.",
+    )
+
+
+def _resolve(request: HttpRequest, pk: int, *, resend: bool) -> HttpResponse:
+    campaign, user = campaign_for(request, pk, "campaigns.resolve_delivery")
+    raw_ids = request.POST.getlist("delivery")
+    ids = [int(value) for value in raw_ids if value.isdigit()]
+    if not ids:
+        messages.error(request, "Choose at least one delivery in the unknown state.")
+        return _back(campaign)
+    done = 0
+    for delivery in Delivery.objects.filter(campaign=campaign, pk__in=ids):
+        try:
+            sending.resolve_unknown(delivery, by=user, resend=resend)
+            done += 1
+        except TransitionError as exc:
+            messages.error(request, str(exc))
+    verb = "queued to send again" if resend else "marked sent"
+    messages.success(request, f"{done} deliveries {verb}.")
+    return _back(campaign)
+
+
+@require_POST
+def resend(request: HttpRequest, pk: int) -> HttpResponse:
+    return _resolve(request, pk, resend=True)
+
+
+@require_POST
+def mark_sent(request: HttpRequest, pk: int) -> HttpResponse:
+    return _resolve(request, pk, resend=False)
+
+
+def emergency_stop(request: HttpRequest, site_context: dict[str, Any]) -> HttpResponse:
+    """GET shows the switch; POST halts or releases all sending (Admin and Compliance)."""
+    user = _user(request)
+    if not user.has_role_perm("campaigns.emergency_stop"):
+        raise PermissionDenied("Your role does not grant the emergency stop.")
+    if request.method == "POST":
+        halt = request.POST.get("action") == "halt"
+        try:
+            sending.set_emergency_stop(
+                by=user, halted=halt, reason=request.POST.get("reason", "").strip()
+            )
+        except TransitionError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(
+                request,
+                "All sending is halted." if halt else "Sending released: campaigns continue.",
+            )
+        return HttpResponseRedirect(reverse("campaigns_emergency_stop"))
+    if request.method != "GET":
+        return HttpResponse(status=405)
+    context = {
+        **site_context,
+        "title": "Emergency stop",
+        "switch": SendingSwitch.get(),
+        "sending": Campaign.objects.filter(status=Campaign.Status.SENDING).count(),
+    }
+    return TemplateResponse(request, "admin/campaigns/emergency_stop.html", context)
