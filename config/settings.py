@@ -222,6 +222,12 @@ for _key, _value in os.environ.items():
         _name = _key.removeprefix("ANYMAIL_")
         if _name.endswith("_FILE"):
             ANYMAIL[_name.removesuffix("_FILE")] = Path(_value).read_text(encoding="utf-8").strip()
+        elif _value.lower() in {"true", "false"}:
+            # Booleans and numbers arrive as strings; anymail and requests need real ones
+            # ("false" would otherwise be truthy and switch a mode on).
+            ANYMAIL[_name] = _value.lower() == "true"
+        elif _value.replace(".", "", 1).isdigit():
+            ANYMAIL[_name] = float(_value) if "." in _value else int(_value)
         else:
             ANYMAIL[_name] = _value
 # Optional inbound address for mailto: List-Unsubscribe; https one-click is always present.

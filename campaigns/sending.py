@@ -1,0 +1,744 @@
+"""The fan-out: one message per delivery, claimed from the ledger, sent once, recorded.
+
+PostgreSQL (or the SQLite file) is the source of truth; the broker only says "there is
+work". Every state change of a delivery is a single-row UPDATE fenced on the expected
+status and claim token, so a lost, repeated or late task can never send twice: at most it
+finds nothing to do.
+
+Delivery life: pending -> claimed -> sending -> sent | retry_wait | failed | skipped |
+blocked | unknown. Only what the provider provably did not accept is retried; anything
+ambiguous becomes `unknown` and waits for an audited operator decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import smtplib
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import get_connection
+from django.core.mail.backends.base import BaseEmailBackend
+from django.db import connection as db_connection
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import User
+
+from .guard import GuardViolation, preflight
+from .models import Campaign, Delivery, IllegalTransition, SendingSwitch, Suppression, record_audit
+from .ratelimit import shared_limiter
+from .rendering import MESSAGE_ERRORS, build_message, content_digest, recipient_for_delivery
+from .suppressions import add_suppression, is_suppressed
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+BACKOFF_BASE_SECONDS = 30
+BACKOFF_MAX_SECONDS = 3600
+
+
+# --- Launch ---------------------------------------------------------------------------------
+
+
+def launch_if_due(
+    campaign: Campaign, *, by: User | None = None, now: datetime | None = None
+) -> bool:
+    """Move an approved campaign to `sending` if its time has come; dispatch after commit.
+
+    Called in the approval transaction and by the beat poller. Scheduled campaigns wait in
+    `approved`: the database is polled, never a long Celery countdown (Redis would redeliver
+    a task that outlives its visibility timeout).
+    """
+    now = now or timezone.now()
+    if campaign.scheduled_at is not None and campaign.scheduled_at > now:
+        return False
+    updated = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.APPROVED).update(
+        status=Campaign.Status.SENDING, sending_started_at=now
+    )
+    if updated != 1:
+        return False
+    campaign.status = Campaign.Status.SENDING
+    campaign.sending_started_at = now
+    record_audit(
+        "campaign.sending_started",
+        actor=by,
+        obj=campaign,
+        data={"scheduled_at": campaign.scheduled_at},
+    )
+    dispatch_on_commit(campaign.pk)
+    return True
+
+
+def dispatch_on_commit(campaign_id: int) -> None:
+    from .tasks import send_batch
+
+    parallel = max(1, int(getattr(settings, "SEND_PARALLEL_BATCHES", 2)))
+    for _ in range(parallel):
+        transaction.on_commit(partial(send_batch.delay, campaign_id))
+
+
+def launch_scheduled(now: datetime | None = None) -> int:
+    now = now or timezone.now()
+    launched = 0
+    due = Campaign.objects.filter(status=Campaign.Status.APPROVED, scheduled_at__lte=now)
+    for campaign in due:
+        with transaction.atomic():
+            if launch_if_due(campaign, now=now):
+                launched += 1
+    return launched
+
+
+# --- Claim ------------------------------------------------------------------------------------
+
+
+def _due(campaign_id: int, now: datetime) -> Q:
+    return Q(campaign_id=campaign_id) & (
+        Q(status=Delivery.Status.PENDING)
+        | Q(status=Delivery.Status.RETRY_WAIT, next_attempt_at__lte=now)
+    )
+
+
+def claim_deliveries(
+    campaign_id: int, *, limit: int, now: datetime | None = None
+) -> tuple[uuid.UUID, list[int]]:
+    """Claim up to `limit` due deliveries for this worker, with a lease.
+
+    PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows
+    without waiting. SQLite ignores SKIP LOCKED, but its IMMEDIATE transactions serialize
+    writers, and the UPDATE is conditional on the status anyway.
+    """
+    now = now or timezone.now()
+    token = uuid.uuid4()
+    lease = now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS)
+    with transaction.atomic():
+        candidates = Delivery.objects.filter(_due(campaign_id, now)).order_by("id")
+        if db_connection.features.has_select_for_update_skip_locked:
+            candidates = candidates.select_for_update(skip_locked=True)
+        ids = list(candidates.values_list("id", flat=True)[:limit])
+        if not ids:
+            return token, []
+        Delivery.objects.filter(Q(pk__in=ids) & _due(campaign_id, now)).update(
+            status=Delivery.Status.CLAIMED, claim_token=token, lease_expires_at=lease
+        )
+    claimed = list(
+        Delivery.objects.filter(claim_token=token, status=Delivery.Status.CLAIMED)
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    return token, claimed
+
+
+def _fenced(delivery_id: int, token: uuid.UUID, expected: str, **changes: Any) -> bool:
+    """Single-row UPDATE that only applies if the row is still ours in the expected state."""
+    changes.setdefault("updated_at", timezone.now())
+    count = Delivery.objects.filter(pk=delivery_id, claim_token=token, status=expected).update(
+        **changes
+    )
+    if count != 1:
+        logger.warning(
+            "delivery %s was no longer %s for claim %s; left alone", delivery_id, expected, token
+        )
+    return count == 1
+
+
+def release_claims(token: uuid.UUID) -> int:
+    """Give unsent claimed rows back (pause, stop, shutdown): they never reached the provider."""
+    return Delivery.objects.filter(claim_token=token, status=Delivery.Status.CLAIMED).update(
+        status=Delivery.Status.PENDING,
+        claim_token=None,
+        lease_expires_at=None,
+        updated_at=timezone.now(),
+    )
+
+
+# --- Outcomes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    error: str = ""
+    suppress_reason: str = ""
+
+
+def _status_code(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return int(code) if isinstance(code, int) else None
+
+
+def classify_failure(exc: BaseException) -> Outcome:
+    """Decide what a send exception means. Retry only what provably was not accepted."""
+    text = f"{type(exc).__name__}: {exc}"[:1000]
+    if isinstance(exc, GuardViolation):
+        return Outcome(Delivery.Status.BLOCKED, text)
+
+    import requests
+    from anymail.exceptions import AnymailRecipientsRefused, AnymailRequestsAPIError
+
+    if isinstance(exc, AnymailRecipientsRefused):
+        return Outcome(Delivery.Status.FAILED, text, Suppression.Reason.HARD_BOUNCE)
+    if isinstance(exc, AnymailRequestsAPIError):
+        cause = exc.__cause__
+        if isinstance(exc, requests.exceptions.ConnectTimeout) or isinstance(
+            cause, requests.exceptions.ConnectTimeout
+        ):
+            return Outcome(Delivery.Status.RETRY_WAIT, text)
+        if isinstance(cause, requests.exceptions.ConnectionError) and not isinstance(
+            cause, requests.exceptions.ReadTimeout
+        ):
+            # Refused or unreachable before a request went out.
+            if "Connection refused" in str(cause) or "Failed to establish" in str(cause):
+                return Outcome(Delivery.Status.RETRY_WAIT, text)
+            return Outcome(Delivery.Status.UNKNOWN, text)
+        code = _status_code(exc)
+        if code in (429, 503):
+            return Outcome(Delivery.Status.RETRY_WAIT, text)
+        if code is not None and 400 <= code < 500:
+            return Outcome(Delivery.Status.FAILED, text)
+        return Outcome(Delivery.Status.UNKNOWN, text)
+
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        if codes and all(400 <= c < 500 for c in codes):
+            return Outcome(Delivery.Status.RETRY_WAIT, text)
+        return Outcome(Delivery.Status.FAILED, text, Suppression.Reason.HARD_BOUNCE)
+    if isinstance(exc, (smtplib.SMTPSenderRefused, smtplib.SMTPDataError)):
+        if 400 <= exc.smtp_code < 500:
+            return Outcome(Delivery.Status.RETRY_WAIT, text)
+        return Outcome(Delivery.Status.FAILED, text)
+    if isinstance(exc, smtplib.SMTPConnectError | ConnectionRefusedError):
+        return Outcome(Delivery.Status.RETRY_WAIT, text)
+    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code in (
+        421,
+        450,
+        451,
+        452,
+        454,
+    ):
+        return Outcome(Delivery.Status.RETRY_WAIT, text)
+    # Timeouts, disconnects after DATA, anything unexpected: the provider may have it.
+    if isinstance(exc, socket.timeout | smtplib.SMTPServerDisconnected | OSError):
+        return Outcome(Delivery.Status.UNKNOWN, text)
+    return Outcome(Delivery.Status.UNKNOWN, text)
+
+
+def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter (0.5x to 1.5x), capped."""
+    rng = rng or random.Random()
+    base = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(0, attempts - 1)))
+    return base * (0.5 + rng.random())
+
+
+def _record_outcome(delivery: Delivery, token: uuid.UUID, outcome: Outcome, now: datetime) -> None:
+    changes: dict[str, Any] = {"last_error": outcome.error, "lease_expires_at": None}
+    status = outcome.status
+    if status == Delivery.Status.RETRY_WAIT:
+        if delivery.attempts >= MAX_ATTEMPTS:
+            status = Delivery.Status.FAILED
+            changes["last_error"] = (
+                f"gave up after {delivery.attempts} attempts; last: {outcome.error}"
+            )
+        else:
+            changes["next_attempt_at"] = now + timedelta(seconds=backoff_seconds(delivery.attempts))
+    changes["status"] = status
+    if status != Delivery.Status.UNKNOWN:
+        changes["claim_token"] = None
+    _fenced(delivery.pk, token, Delivery.Status.SENDING, **changes)
+    if outcome.suppress_reason:
+        add_suppression(
+            delivery.address,
+            outcome.suppress_reason,
+            source=f"send failure, delivery {delivery.pk}",
+        )
+
+
+def pause_for_guard(campaign_id: int, violation: GuardViolation, delivery_id: int | None) -> None:
+    reason = f"guard ({violation.layer}): {violation.reason}"
+    with transaction.atomic():
+        count = Campaign.objects.filter(
+            pk=campaign_id, status__in=[Campaign.Status.SENDING, Campaign.Status.APPROVED]
+        ).update(status=Campaign.Status.PAUSED, paused_at=timezone.now(), pause_reason=reason)
+        if count:
+            record_audit(
+                "campaign.paused_by_guard",
+                obj=Campaign(pk=campaign_id),
+                data={
+                    "layer": violation.layer,
+                    "reason": violation.reason,
+                    "delivery_id": delivery_id,
+                },
+            )
+
+
+# --- The batch --------------------------------------------------------------------------------
+
+
+def _campaign_state(campaign_id: int) -> tuple[str, bool]:
+    status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
+    return status or "", SendingSwitch.is_halted()
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    sent: int = 0
+    other: int = 0
+    released: int = 0
+    stopped: str = ""
+
+    @property
+    def more_work(self) -> bool:
+        return not self.stopped and self.claimed > 0
+
+
+def send_batch(
+    campaign_id: int, *, limit: int | None = None, backend: BaseEmailBackend | None = None
+) -> BatchResult:
+    """Claim a batch and send each delivery once. Returns what happened."""
+    result = BatchResult()
+    campaign = Campaign.objects.select_related("sender").filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != Campaign.Status.SENDING or SendingSwitch.is_halted():
+        result.stopped = "not sending"
+        return result
+    # The approval binds to a digest: if anything that shapes the messages changed since,
+    # nothing more goes out.
+    if content_digest(campaign) != campaign.approved_digest:
+        pause_for_guard(
+            campaign.pk,
+            GuardViolation("digest", "the content no longer matches the approved digest"),
+            None,
+        )
+        result.stopped = "digest mismatch"
+        return result
+
+    token, ids = claim_deliveries(campaign.pk, limit=limit or settings.SEND_BATCH_SIZE)
+    result.claimed = len(ids)
+    if not ids:
+        complete_if_done(campaign.pk)
+        return result
+
+    limiter = shared_limiter()
+    connection = backend or get_connection()
+    try:
+        for delivery in Delivery.objects.filter(pk__in=ids).order_by("id"):
+            status, halted = _campaign_state(campaign.pk)
+            if status == Campaign.Status.CANCELLED:
+                _fenced(
+                    delivery.pk,
+                    token,
+                    Delivery.Status.CLAIMED,
+                    status=Delivery.Status.SKIPPED,
+                    claim_token=None,
+                    last_error="campaign cancelled",
+                )
+                result.other += 1
+                continue
+            if status != Campaign.Status.SENDING or halted:
+                # Paused or emergency stop: stop before the next message on every worker.
+                result.stopped = "paused" if not halted else "emergency stop"
+                break
+            if is_suppressed(delivery.address, campaign.category):
+                _fenced(
+                    delivery.pk,
+                    token,
+                    Delivery.Status.CLAIMED,
+                    status=Delivery.Status.SKIPPED,
+                    claim_token=None,
+                    last_error="suppressed",
+                )
+                result.other += 1
+                continue
+            if not limiter.take(max_wait=float(settings.CLAIM_LEASE_SECONDS) / 4):
+                result.stopped = "rate limit wait too long"
+                break
+            if _send_one(campaign, delivery, token, connection):
+                result.sent += 1
+            else:
+                result.other += 1
+            status_now = (
+                Campaign.objects.filter(pk=campaign.pk).values_list("status", flat=True).first()
+            )
+            if status_now == Campaign.Status.PAUSED and status == Campaign.Status.SENDING:
+                # A guard violation on this message paused the campaign.
+                result.stopped = "paused"
+                break
+    finally:
+        try:
+            connection.close()
+        except Exception:  # closing a broken connection must not hide the real outcome
+            logger.exception("closing the mail connection failed")
+        result.released = release_claims(token)
+    complete_if_done(campaign.pk)
+    return result
+
+
+def _send_one(
+    campaign: Campaign, delivery: Delivery, token: uuid.UUID, connection: BaseEmailBackend
+) -> bool:
+    now = timezone.now()
+    try:
+        message = build_message(campaign, recipient_for_delivery(delivery), send_time=now)
+    except MESSAGE_ERRORS as exc:
+        # E.g. a placeholder without a default and no value: this recipient fails, no fallback.
+        _fenced(
+            delivery.pk,
+            token,
+            Delivery.Status.CLAIMED,
+            status=Delivery.Status.FAILED,
+            claim_token=None,
+            last_error=f"cannot build the message: {exc}"[:1000],
+        )
+        return False
+    violations = preflight(message, getattr(connection, "transport", connection))
+    if violations:
+        _block(campaign, delivery, token, Delivery.Status.CLAIMED, violations[0])
+        return False
+
+    # Commit `sending` before the network call: if this worker dies now, the sweeper turns
+    # the row into `unknown` instead of sending it again.
+    message_id = str(message.extra_headers.get("Message-ID", ""))
+    if not _fenced(
+        delivery.pk,
+        token,
+        Delivery.Status.CLAIMED,
+        status=Delivery.Status.SENDING,
+        attempts=F("attempts") + 1,
+        message_id=message_id,
+        lease_expires_at=now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS),
+    ):
+        return False
+    delivery.attempts += 1
+    try:
+        # No transaction is open here: the network call never holds locks.
+        connection.send_messages([message])
+    except GuardViolation as violation:
+        if violation.sent:
+            # The provider accepted it and then reported other recipients: record it as
+            # sent (it is), and stop the campaign for people to look.
+            _fenced(
+                delivery.pk,
+                token,
+                Delivery.Status.SENDING,
+                status=Delivery.Status.SENT,
+                claim_token=None,
+                lease_expires_at=None,
+                sent_at=timezone.now(),
+                last_error=f"guard ({violation.layer}): {violation.reason}"[:1000],
+            )
+            pause_for_guard(campaign.pk, violation, delivery.pk)
+            return True
+        _block(campaign, delivery, token, Delivery.Status.SENDING, violation)
+        return False
+    except Exception as exc:  # classified below: retry, fail, or unknown; never a blind retry
+        _record_outcome(delivery, token, classify_failure(exc), timezone.now())
+        return False
+
+    status = getattr(message, "anymail_status", None)
+    _fenced(
+        delivery.pk,
+        token,
+        Delivery.Status.SENDING,
+        status=Delivery.Status.SENT,
+        claim_token=None,
+        lease_expires_at=None,
+        sent_at=timezone.now(),
+        last_error="",
+        provider_message_id=str(getattr(status, "message_id", "") or "")[:255],
+    )
+    return True
+
+
+def _block(
+    campaign: Campaign,
+    delivery: Delivery,
+    token: uuid.UUID,
+    expected: str,
+    violation: GuardViolation,
+) -> None:
+    _fenced(
+        delivery.pk,
+        token,
+        expected,
+        status=Delivery.Status.BLOCKED,
+        claim_token=None,
+        last_error=f"guard ({violation.layer}): {violation.reason}"[:1000],
+    )
+    record_audit(
+        "delivery.blocked",
+        obj=delivery,
+        data={"layer": violation.layer, "reason": violation.reason, "campaign_id": campaign.pk},
+    )
+    pause_for_guard(campaign.pk, violation, delivery.pk)
+
+
+def complete_if_done(campaign_id: int) -> bool:
+    """`sending` -> `sent` once no delivery is pending, claimed, sending or waiting to retry."""
+    if Delivery.objects.filter(campaign_id=campaign_id, status__in=Delivery.OPEN_STATUSES).exists():
+        return False
+    with transaction.atomic():
+        count = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
+            status=Campaign.Status.SENT, completed_at=timezone.now()
+        )
+        if count:
+            record_audit(
+                "campaign.sent", obj=Campaign(pk=campaign_id), data=delivery_summary(campaign_id)
+            )
+    return bool(count)
+
+
+def delivery_summary(campaign_id: int) -> dict[str, int]:
+    from django.db.models import Count
+
+    rows = (
+        Delivery.objects.filter(campaign_id=campaign_id)
+        .values_list("status")
+        .annotate(n=Count("id"))
+    )
+    return {status: n for status, n in rows}
+
+
+# --- The sweeper ------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    reclaimed: int = 0
+    unknown: int = 0
+    settled: int = 0
+    redispatched: int = 0
+    launched: int = 0
+    completed: int = 0
+
+
+def sweep(now: datetime | None = None) -> SweepResult:
+    """Repair what crashes and lost broker messages leave behind. Safe to run anywhere, any time."""
+    now = now or timezone.now()
+    result = SweepResult()
+    # Claimed but never sent: the worker died or was stopped before the network call.
+    result.reclaimed = Delivery.objects.filter(
+        status=Delivery.Status.CLAIMED, lease_expires_at__lt=now
+    ).update(
+        status=Delivery.Status.PENDING, claim_token=None, lease_expires_at=None, updated_at=now
+    )
+    # Marked sending and the lease ran out: the message may or may not have left.
+    expired = list(
+        Delivery.objects.filter(
+            status=Delivery.Status.SENDING, lease_expires_at__lt=now
+        ).values_list("id", flat=True)
+    )
+    for delivery_id in expired:
+        with transaction.atomic():
+            if Delivery.objects.filter(
+                pk=delivery_id, status=Delivery.Status.SENDING, lease_expires_at__lt=now
+            ).update(
+                status=Delivery.Status.UNKNOWN,
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+                last_error="the worker stopped while sending; the provider may or may not have it",
+            ):
+                result.unknown += 1
+                record_audit(
+                    "delivery.unknown",
+                    obj=Delivery(pk=delivery_id),
+                    data={"reason": "lease expired while sending"},
+                )
+    result.settled = settle_unknown_from_events()
+    result.launched = launch_scheduled(now)
+    for campaign_id in Campaign.objects.filter(status=Campaign.Status.SENDING).values_list(
+        "id", flat=True
+    ):
+        if complete_if_done(campaign_id):
+            result.completed += 1
+            continue
+        live = Delivery.objects.filter(
+            campaign_id=campaign_id,
+            status__in=[Delivery.Status.CLAIMED, Delivery.Status.SENDING],
+            lease_expires_at__gte=now,
+        ).exists()
+        due = Delivery.objects.filter(_due(campaign_id, now)).exists()
+        if due and not live and not SendingSwitch.is_halted():
+            # Work is due and nobody holds it: the broker lost our message (or never had it).
+            with transaction.atomic():
+                dispatch_on_commit(campaign_id)
+            result.redispatched += 1
+    return result
+
+
+def settle_unknown_from_events() -> int:
+    """An `unknown` delivery the provider later reports on was, in fact, accepted."""
+    from .models import ProviderEvent
+
+    settled = 0
+    unknown = Delivery.objects.filter(status=Delivery.Status.UNKNOWN).exclude(message_id="")
+    for delivery in unknown.iterator(chunk_size=500):
+        event = (
+            ProviderEvent.objects.filter(
+                Q(delivery=delivery) | Q(message_id=delivery.message_id.strip("<>"))
+            )
+            .order_by("-received_at")
+            .first()
+        )
+        if event is None:
+            continue
+        new_status = {
+            "delivered": Delivery.Status.DELIVERED,
+            "bounced": Delivery.Status.BOUNCED,
+            "complained": Delivery.Status.COMPLAINED,
+        }.get(event.event_type, Delivery.Status.SENT)
+        with transaction.atomic():
+            if Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.UNKNOWN).update(
+                status=new_status,
+                updated_at=timezone.now(),
+                last_error=f"settled by provider event {event.event_id}",
+            ):
+                settled += 1
+                record_audit(
+                    "delivery.settled",
+                    obj=delivery,
+                    data={"event": event.event_id, "status": new_status},
+                )
+    return settled
+
+
+# --- Operator controls ------------------------------------------------------------------------
+
+
+def _require(user: User, perm: str, action: str) -> None:
+    from .services import require_role
+
+    require_role(user, perm, action)
+
+
+def pause_campaign(campaign: Campaign, *, by: User, reason: str = "") -> Campaign:
+    _require(by, "campaigns.operate_campaign", "pause sending")
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        campaign.require_status(Campaign.Status.APPROVED, Campaign.Status.SENDING)
+        campaign.status = Campaign.Status.PAUSED
+        campaign.paused_by, campaign.paused_at = by, timezone.now()
+        campaign.pause_reason = reason or f"paused by {by}"
+        campaign.save(update_fields=["status", "paused_by", "paused_at", "pause_reason"])
+        record_audit(
+            "campaign.paused", actor=by, obj=campaign, data={"reason": campaign.pause_reason}
+        )
+    return campaign
+
+
+def resume_campaign(campaign: Campaign, *, by: User) -> Campaign:
+    _require(by, "campaigns.operate_campaign", "resume sending")
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        campaign.require_status(Campaign.Status.PAUSED)
+        if content_digest(campaign) != campaign.approved_digest:
+            raise IllegalTransition(
+                "The content no longer matches the approved digest; it must be reviewed again."
+            )
+        campaign.status = Campaign.Status.SENDING
+        campaign.resumed_by, campaign.resumed_at = by, timezone.now()
+        campaign.pause_reason = ""
+        if campaign.sending_started_at is None:
+            campaign.sending_started_at = timezone.now()
+        campaign.save(
+            update_fields=[
+                "status",
+                "resumed_by",
+                "resumed_at",
+                "pause_reason",
+                "sending_started_at",
+            ]
+        )
+        record_audit("campaign.resumed", actor=by, obj=campaign)
+        dispatch_on_commit(campaign.pk)
+    return campaign
+
+
+def cancel_campaign(campaign: Campaign, *, by: User) -> Campaign:
+    _require(by, "campaigns.operate_campaign", "cancel campaigns")
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        campaign.require_status(
+            Campaign.Status.DRAFT,
+            Campaign.Status.IN_REVIEW,
+            Campaign.Status.APPROVED,
+            Campaign.Status.SENDING,
+            Campaign.Status.PAUSED,
+        )
+        campaign.status = Campaign.Status.CANCELLED
+        campaign.cancelled_by, campaign.cancelled_at = by, timezone.now()
+        campaign.save(update_fields=["status", "cancelled_by", "cancelled_at"])
+        skipped = Delivery.objects.filter(
+            campaign=campaign, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRY_WAIT]
+        ).update(
+            status=Delivery.Status.SKIPPED,
+            last_error="campaign cancelled",
+            updated_at=timezone.now(),
+        )
+        record_audit("campaign.cancelled", actor=by, obj=campaign, data={"skipped": skipped})
+    return campaign
+
+
+def resolve_unknown(delivery: Delivery, *, by: User, resend: bool) -> Delivery:
+    """An operator's decision on an `unknown` delivery: send again, or accept it as sent."""
+    _require(by, "campaigns.resolve_delivery", "resolve unknown deliveries")
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
+        if delivery.status != Delivery.Status.UNKNOWN:
+            raise IllegalTransition(
+                f"{delivery.address} is {delivery.get_status_display().lower()}, not unknown."
+            )
+        new_status = Delivery.Status.PENDING if resend else Delivery.Status.SENT
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=new_status,
+            claim_token=None,
+            lease_expires_at=None,
+            updated_at=timezone.now(),
+            last_error=f"{'resend' if resend else 'marked sent'} by {by}",
+        )
+        record_audit(
+            "delivery.resend" if resend else "delivery.marked_sent",
+            actor=by,
+            obj=delivery,
+            data={"campaign_id": delivery.campaign_id, "address": delivery.address},
+        )
+        if resend:
+            Campaign.objects.filter(pk=delivery.campaign_id, status=Campaign.Status.SENT).update(
+                status=Campaign.Status.SENDING, completed_at=None
+            )
+            dispatch_on_commit(delivery.campaign_id)
+        else:
+            transaction.on_commit(partial(complete_if_done, delivery.campaign_id))
+    delivery.refresh_from_db()
+    return delivery
+
+
+def set_emergency_stop(*, by: User, halted: bool, reason: str = "") -> SendingSwitch:
+    _require(by, "campaigns.emergency_stop", "use the emergency stop")
+    with transaction.atomic():
+        switch = SendingSwitch.get()
+        switch = SendingSwitch.objects.select_for_update().get(pk=switch.pk)
+        switch.halted = halted
+        switch.changed_by, switch.changed_at = by, timezone.now()
+        switch.reason = reason
+        switch.save()
+        record_audit(
+            "sending.halted" if halted else "sending.released",
+            actor=by,
+            obj=switch,
+            data={"reason": reason},
+        )
+        if not halted:
+            for campaign_id in Campaign.objects.filter(status=Campaign.Status.SENDING).values_list(
+                "id", flat=True
+            ):
+                dispatch_on_commit(campaign_id)
+    return switch
