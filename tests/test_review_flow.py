@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import email.utils
 import re
 from collections.abc import Callable
 from typing import Any
@@ -462,3 +463,83 @@ def test_transitions_need_csrf(olivia: User, audience: list[User]) -> None:
     assert client.post(url("submit", campaign)).status_code == 403
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.DRAFT
+
+
+# --- Preview and send share one builder --------------------------------------------------------
+
+
+def test_test_send_equals_the_preview_except_recipient_derived_headers(
+    olivia: User, rita: User, audience: list[User]
+) -> None:
+    """The test message for a recipient is the previewed .eml for the same person, except the
+    recipient itself (To, and what is derived from it: Message-ID, the unsubscribe link) and Date."""
+    from campaigns.rendering import (
+        build_message,
+        recipient_for_delivery,
+        recipient_for_test,
+        render_eml,
+    )
+
+    campaign = submitted(olivia, audience)
+    delivery = Delivery.objects.get(campaign=campaign, address="ann@example.org")
+    # A staff member whose own data equals Ann's, test-sending to their seed address.
+    rita.first_name, rita.last_name, rita.locale = "Ann", "Lee", "en"
+    rita.save()
+    preview = render_eml(
+        build_message(
+            campaign, recipient_for_delivery(delivery), send_time=services.preview_time(campaign)
+        )
+    )
+    test = render_eml(
+        build_message(
+            campaign, recipient_for_test(campaign, rita, rita.email), send_time=timezone_now()
+        )
+    )
+
+    def normalized(raw: bytes, address: str) -> tuple[list[tuple[str, str]], str]:
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        skip = {"To", "Date", "Message-ID", "List-Unsubscribe"}
+        headers = [(k, str(v)) for k, v in parsed.items() if k not in skip]
+        unsubscribe = re.search(r"<(https?://[^>]+)>", parsed["List-Unsubscribe"]).group(1)  # type: ignore[union-attr]
+        bodies = "".join(
+            part.get_content() for part in parsed.walk() if part.get_content_maintype() == "text"
+        )
+        return headers, bodies.replace(unsubscribe, "<unsubscribe>").replace(address, "<to>")
+
+    preview_headers, preview_body = normalized(preview, "ann@example.org")
+    test_headers, test_body = normalized(test, rita.email)
+    # Boundaries derive from the Message-ID: compare the structure, not the boundary token.
+    strip = re.compile(r'boundary="[^"]+"')
+    assert [(k, strip.sub("", v)) for k, v in preview_headers] == [
+        (k, strip.sub("", v)) for k, v in test_headers
+    ]
+    assert preview_body == test_body
+
+
+def timezone_now() -> Any:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def test_review_shows_provider_payload_with_exactly_one_recipient(
+    olivia: User, rita: User, audience: list[User], settings: Any
+) -> None:
+    import json
+
+    settings.EMAIL_TRANSPORT = "anymail.backends.postmark.EmailBackend"
+    settings.ANYMAIL = {
+        "POSTMARK_SERVER_TOKEN": "review-only",
+        "POSTMARK_API_URL": "http://127.0.0.1:9/",
+    }
+    campaign = submitted(olivia, audience)
+    response = login(rita).get(url("review", campaign))
+    review = response.context["review"]
+    assert review.samples and all(s.payload for s in review.samples)
+    for sample in review.samples:
+        payload = json.loads(sample.payload)
+        assert email.utils.getaddresses([payload["To"]])[0][1] == sample.delivery.address
+        assert len(email.utils.getaddresses([payload["To"]])) == 1
+        assert "Cc" not in payload and "Bcc" not in payload
+    assert "Provider payload" in response.content.decode()
+    assert review.checks_pass
