@@ -543,3 +543,53 @@ def test_review_shows_provider_payload_with_exactly_one_recipient(
         assert "Cc" not in payload and "Bcc" not in payload
     assert "Provider payload" in response.content.decode()
     assert review.checks_pass
+
+
+def test_every_seeded_delivery_parses_to_exactly_its_own_recipient() -> None:
+    """1,000 seeded members with awkward names, submitted for real: every message that would
+    leave names exactly its delivery's address, and nobody else's address appears anywhere."""
+    from django.core.management import call_command
+
+    from campaigns.rendering import build_message, recipient_for_delivery, render_eml
+
+    call_command("seed_demo", users=1000, verbosity=0)
+    olivia = User.objects.get(username="olivia")
+    campaign = Campaign.objects.get(name="Quarterly platform update")
+    campaign = services.submit_for_review(campaign, by=olivia)
+    deliveries = list(Delivery.objects.filter(campaign=campaign))
+    assert len(deliveries) == campaign.recipient_count >= 1000
+    everyone = {d.address.lower() for d in deliveries}
+    address_like = re.compile(r"[\w.'+-]+@[\w-]+(?:\.[\w-]+)+")
+    send_time = services.preview_time(campaign)
+    recipient_headers = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
+    for delivery in deliveries:
+        raw = render_eml(
+            build_message(campaign, recipient_for_delivery(delivery), send_time=send_time)
+        )
+        legacy = email.message_from_bytes(raw, policy=email.policy.compat32)
+        found = email.utils.getaddresses(
+            [v for h in recipient_headers for v in legacy.get_all(h, [])]
+        )
+        assert [addr.lower() for _, addr in found] == [delivery.address.lower()], (
+            delivery.address,
+            found,
+        )
+        modern = email.message_from_bytes(raw, policy=email.policy.default)
+        strict = [
+            a.addr_spec
+            for h in recipient_headers
+            for v in modern.get_all(h, [])
+            for a in v.addresses
+        ]
+        assert [a.lower() for a in strict] == [delivery.address.lower()]
+        # A display name that looks like an address must not put a second one in To.
+        in_to = {m.lower() for m in address_like.findall(str(modern["To"]))}
+        assert in_to == {delivery.address.lower()}, (delivery.address, str(modern["To"]))
+        text = "".join(
+            part.get_content() for part in modern.walk() if part.get_content_maintype() == "text"
+        )
+        visible = raw.decode("ascii", "replace") + text + str(modern["To"])
+        foreign = {m.lower() for m in address_like.findall(visible)} & everyone - {
+            delivery.address.lower()
+        }
+        assert not foreign, (delivery.address, foreign)
