@@ -1,54 +1,188 @@
 #!/usr/bin/env bash
-# Runs Countersign's embedded demo: SQLite, the file-system broker and the on-disk outbox.
-# Starts the web server, a Celery worker and Celery beat; Ctrl-C stops all three.
+# Countersign's embedded demo: SQLite, the file-system broker and the on-disk outbox; no
+# servers to install. From a fresh clone with Python 3.11 on PATH:
+#
+#   make demo            (or: bash scripts/demo.sh)
+#
+# Creates .venv and installs requirements.txt if needed, migrates, seeds demo data, then
+# runs the web server, a Celery worker and Celery beat until Ctrl-C, which stops all three
+# and everything they started. If any of them dies, the others are stopped too and the
+# script exits non-zero.
+#
+# Knobs (environment): DEMO_PORT (8000), DEMO_HOST (127.0.0.1), DEMO_USERS (audience
+# size, 1000), DEMO_PASSWORD (countersign-demo), VAR_DIR (var: database, broker, outbox),
+# PYTHON (python3.11, used only to create .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
+
+DEMO_HOST="${DEMO_HOST:-127.0.0.1}"
+DEMO_PORT="${DEMO_PORT:-8000}"
+DEMO_USERS="${DEMO_USERS:-1000}"
 export DEBUG="${DEBUG:-true}"
 export DEMO_PASSWORD="${DEMO_PASSWORD:-countersign-demo}"
+export VAR_DIR="${VAR_DIR:-var}"
+export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://$DEMO_HOST:$DEMO_PORT}"
+export PYTHONUNBUFFERED=1
+VENV=.venv
+BIN="$VENV/bin"
 
-$BIN/python manage.py migrate --no-input
-$BIN/python manage.py seed_demo
+say() { printf '%s\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
 
+# --- Python environment ------------------------------------------------------------------
+if [ ! -x "$BIN/python" ]; then
+    PYTHON="${PYTHON:-python3.11}"
+    command -v "$PYTHON" >/dev/null 2>&1 || die "Countersign needs Python 3.11: $PYTHON is not on PATH (set PYTHON=/path/to/python3.11)."
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+        || die "$PYTHON is not Python 3.11."
+    say "Creating $VENV with $PYTHON..."
+    "$PYTHON" -m venv "$VENV"
+    "$BIN/python" -m pip install --quiet --upgrade pip
+fi
+# The same stamp as the Makefile's: reinstall only when requirements.txt is newer.
+if [ ! -f "$VENV/.installed" ] || [ requirements.txt -nt "$VENV/.installed" ]; then
+    say "Installing requirements.txt into $VENV..."
+    "$BIN/pip" install --quiet -r requirements.txt
+    touch "$VENV/.installed"
+fi
+
+# --- Port ------------------------------------------------------------------------------
+"$BIN/python" - "$DEMO_HOST" "$DEMO_PORT" <<'PY' || die "port $DEMO_PORT on $DEMO_HOST is in use; choose another with DEMO_PORT=..."
+import socket, sys
+with socket.socket() as sock:
+    sock.bind((sys.argv[1], int(sys.argv[2])))
+PY
+
+# --- Database and demo data --------------------------------------------------------------
+"$BIN/python" manage.py migrate --no-input
+"$BIN/python" manage.py seed_demo --users "$DEMO_USERS"
+
+# --- Services ------------------------------------------------------------------------------
+names=()
 pids=()
-cleanup() {
-    trap - INT TERM EXIT
-    echo
-    echo "Stopping Countersign..."
+stopping=0
+
+stop_all() {
+    stopping=1
+    # A second Ctrl-C while stopping skips the grace period instead of orphaning anything.
+    local force=0
+    trap 'force=1' INT TERM
+    say ""
+    say "Stopping Countersign..."
+    local pid
     for pid in "${pids[@]}"; do
-        # Each service runs in its own process group: signal the whole group, children included.
-        kill -TERM -- "-$pid" 2>/dev/null || true
+        # The main process only: the worker's warm shutdown then ends its own pool
+        # (a SIGTERM straight to the pool processes makes the worker stall).
+        kill -TERM "$pid" 2>/dev/null || true
     done
-    for _ in $(seq 1 50); do
+    local _ alive
+    for _ in $(seq 1 100); do
         alive=0
-        for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
-        [ "$alive" = 0 ] && break
+        for pid in "${pids[@]}"; do
+            kill -0 -- "-$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" = 0 ] || [ "$force" = 1 ] && break
         sleep 0.2
     done
-    for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    # Each service leads its own process group: whatever of it is still there now,
+    # children included, goes.
+    for pid in "${pids[@]}"; do
+        kill -KILL -- "-$pid" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
-    echo "Stopped."
+    say "Stopped."
 }
-trap cleanup INT TERM EXIT
+
+on_signal() {
+    stop_all
+    exit 130
+}
+on_exit() {
+    local status=$?
+    # Covers `set -e` failures while starting: never leave a service running.
+    if [ "$stopping" = 0 ] && [ "${#pids[@]}" -gt 0 ]; then
+        stop_all
+    fi
+    exit "$status"
+}
+trap on_signal INT TERM
+trap on_exit EXIT
 
 start() {
-    # setsid: a new process group per service, so cleanup can stop it with its children.
+    local name=$1
+    shift
+    # setsid: a new session and process group per service, so that Ctrl-C (delivered to
+    # this script's group) leaves stopping them to stop_all, which signals whole groups.
     setsid "$@" &
+    names+=("$name")
     pids+=("$!")
 }
-start $BIN/python manage.py runserver 127.0.0.1:8000 --noreload
-start $BIN/celery -A config worker --loglevel=INFO --concurrency=2
-start $BIN/celery -A config beat --loglevel=INFO
+
+# Returns the name of the first service that has exited, if any.
+dead_service() {
+    local i
+    for i in "${!pids[@]}"; do
+        if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+            printf '%s' "${names[$i]}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+start web "$BIN/python" manage.py runserver "$DEMO_HOST:$DEMO_PORT" --noreload
+start worker "$BIN/celery" -A config worker --loglevel=INFO --concurrency=2 -n "demo-worker@%h"
+start beat "$BIN/celery" -A config beat --loglevel=INFO
+
+# Wait (up to two minutes) until the web server answers before saying it runs.
+"$BIN/python" - "http://$DEMO_HOST:$DEMO_PORT/healthz" "${pids[@]}" <<'PY' || {
+import os, signal, sys, time, urllib.request
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: quietly, the trap reports
+url, pids = sys.argv[1], [int(p) for p in sys.argv[2:]]
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:
+    try:
+        urllib.request.urlopen(url, timeout=2).read()
+        sys.exit(0)
+    except OSError:
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit(1)  # a service died; the shell names it
+    time.sleep(0.2)
+sys.exit(1)
+PY
+    dead=$(dead_service) || dead=""
+    if [ -n "$dead" ]; then
+        say "demo: the $dead service exited during start-up; stopping the others." >&2
+    else
+        say "demo: the web server did not answer on http://$DEMO_HOST:$DEMO_PORT/ within 2 minutes." >&2
+    fi
+    stop_all
+    exit 1
+}
 
 cat <<MSG
 
-  Countersign is running at http://127.0.0.1:8000/admin/
+  Countersign is running at http://$DEMO_HOST:$DEMO_PORT/admin/
   Logins (password: $DEMO_PASSWORD):
     olivia, oscar   Ops: compose, test-send, submit
     rita            Compliance: review, approve, reject
     root            Admin (superuser): users, sender identities, suppressions
-  Outbox (one .eml per sent message): var/outbox/
+  Outbox (one .eml per sent message): $VAR_DIR/outbox/
   Press Ctrl-C to stop everything.
 
 MSG
-wait -n "${pids[@]}" || true
+
+while true; do
+    if dead=$(dead_service); then
+        say "demo: the $dead service stopped unexpectedly; stopping the others." >&2
+        stop_all
+        exit 1
+    fi
+    # A background sleep and `wait`: the INT trap runs as soon as Ctrl-C arrives.
+    sleep 1 &
+    wait $! || true
+done
