@@ -1,0 +1,418 @@
+"""The staff journeys in a real browser: compose, submit, review in the sandbox, approve, send.
+
+Each test drives Debian's chromium through Playwright against pytest-django's live server
+(so the database is transactional: rows are committed where the server thread sees them)
+and saves a full-page screenshot per step under <VAR_DIR>/screenshots/.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+from playwright.sync_api import Route, expect
+
+from accounts.management.commands.seed_demo import CAMPAIGN_NAME
+from accounts.models import User
+from campaigns import services
+from campaigns.models import Campaign, Delivery, SenderIdentity, SendingSwitch
+from tests.factories import HTML, TEXT
+
+if TYPE_CHECKING:
+    from pytest_django.fixtures import Settings
+
+    from tests.browser import BrowserPage
+    from tests.workers import CeleryWorkers
+
+# Loaded as plugins (not imported) so pytest rewrites their asserts and owns their fixtures.
+pytest_plugins = ["tests.browser", "tests.workers"]
+# serialized_rollback: the flush after each test would otherwise take the roles (groups that
+# a data migration creates) away from every later test in the session.
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
+
+DEMO_USERS = 30
+
+
+def seed_demo() -> Campaign:
+    call_command("seed_demo", users=DEMO_USERS, stdout=io.StringIO())
+    return Campaign.objects.get(name=CAMPAIGN_NAME)
+
+
+def admin_url(name: str, *args: int) -> str:
+    return reverse(f"admin:campaigns_campaign_{name}", args=list(args))
+
+
+def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> None:
+    """The demo path: olivia submits the seeded draft, rita reviews it and approves."""
+    page = browser.page
+    browser.login("olivia")
+    browser.goto(admin_url("change", campaign.pk))
+    status = page.locator("#campaign-status h2 .cs-badge").first
+    expect(status).to_have_text("Draft")
+    browser.screenshot("olivia-draft")
+
+    page.get_by_role("button", name="Submit for review").click()
+    assert "Submitted for review" in browser.success_message()
+    expect(status).to_have_text("In review")
+    browser.screenshot("olivia-submitted")
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.IN_REVIEW
+    assert campaign.recipient_count == Delivery.objects.filter(campaign=campaign).count() > 0
+
+    # The author may look at the review screen but is offered no decision.
+    page.get_by_role("link", name="Review screen").click()
+    expect(page).to_have_url(browser.url(admin_url("review", campaign.pk)))
+    expect(page.locator("#decision")).to_be_visible()
+    expect(page.get_by_role("button", name="Approve and send")).to_have_count(0)
+    expect(page.locator("#approve-form")).to_have_count(0)
+    browser.screenshot("olivia-review-no-approve")
+    browser.logout()
+
+    browser.login("rita")
+    browser.goto(admin_url("change", campaign.pk))
+    browser.screenshot("rita-campaign")
+    page.get_by_role("link", name="Review screen").click()
+    expect(page).to_have_url(browser.url(admin_url("review", campaign.pk)))
+    expect(page.locator("#digest")).to_have_text(campaign.frozen_digest)
+    check_samples(browser, campaign)
+
+    checks = page.locator("ul.cs-checks li")
+    assert checks.count() >= 5
+    for item in checks.all():
+        text = item.inner_text().strip()
+        assert text.startswith("✔"), f"pre-flight check not passed: {text!r}"
+        expect(item).to_have_class("cs-ok")
+    browser.screenshot("rita-review")
+    browser.element_screenshot(page.locator("iframe.cs-html").first, "rita-review-html-part")
+
+    approve = page.get_by_role("button", name="Approve and send")
+    expect(approve).to_be_enabled()
+    approve.click()
+    assert "Approved." in browser.success_message()
+    browser.screenshot("rita-approved")
+    campaign.refresh_from_db()
+    assert campaign.status in (Campaign.Status.SENDING, Campaign.Status.SENT)
+    assert campaign.approved_by == User.objects.get(username="rita")
+
+
+def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
+    """Every sample shows its headers, its text part and its HTML part in a sandbox."""
+    page = browser.page
+    samples = page.locator(".cs-sample")
+    assert samples.count() >= 2, "the first recipient and at least one more sample"
+    addresses = set(Delivery.objects.filter(campaign=campaign).values_list("address", flat=True))
+    for sample in samples.all():
+        headers = {
+            row.locator("th").inner_text().strip(): row.locator("td").inner_text().strip()
+            for row in sample.locator("table.cs-headers tr").all()
+        }
+        for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe"):
+            assert headers.get(name), f"header {name} missing from the sample: {headers}"
+        to = email.message_from_string(f"To: {headers['To']}\n\n", policy=email.policy.default)
+        recipients = [a.addr_spec for a in to["To"].addresses]
+        assert len(recipients) == 1 and recipients[0] in addresses, headers["To"]
+        expect(sample.locator("pre.cs-text")).to_contain_text("what changed on the platform")
+
+        frame_element = sample.locator("iframe.cs-html")
+        expect(frame_element).to_have_attribute("sandbox", "")
+        handle = frame_element.element_handle()
+        frame = handle.content_frame() if handle else None
+        assert frame is not None, "the HTML iframe has no document"
+        frame.wait_for_load_state()
+        expect(frame.locator("body")).to_contain_text("what changed on the platform")
+
+
+# --- 1. The review journey ---------------------------------------------------------------------
+
+
+def test_author_submits_and_a_second_person_approves_in_the_browser(
+    browser_page: BrowserPage,
+) -> None:
+    campaign = seed_demo()
+    submit_and_approve_in_browser(browser_page, campaign)
+    assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+# --- 2. The sandbox holds -----------------------------------------------------------------------
+
+# Would change the page (ours or its own) if any of it ran. The compose form refuses such
+# HTML and the builder strips it, so the test also serves it verbatim in place of the
+# preview, under the server's own headers: the sandbox must hold even if both miss.
+HOSTILE_HTML = """\
+<p id="marker">inert</p>
+<script>
+  document.getElementById("marker").textContent = "script ran";
+  try { parent.document.title = "pwned"; } catch (e) {}
+</script>
+<img src="data:," onerror="document.getElementById('marker').textContent = 'handler ran'">
+"""
+
+
+def csp_directives(header: str) -> dict[str, list[str]]:
+    directives: dict[str, list[str]] = {}
+    for part in header.split(";"):
+        tokens = part.split()
+        if tokens:
+            directives[tokens[0].lower()] = tokens[1:]
+    return directives
+
+
+def test_review_html_runs_no_script_and_is_walled_off_from_the_review_page(
+    browser_page: BrowserPage,
+) -> None:
+    campaign = seed_demo()
+    # Straight into the row, past the form that would refuse it: what does the preview do?
+    Campaign.objects.filter(pk=campaign.pk).update(
+        html_template=HOSTILE_HTML + campaign.html_template
+    )
+    campaign.refresh_from_db()
+    services.submit_for_review(campaign, by=User.objects.get(username="olivia"))
+
+    page = browser_page.page
+    browser_page.login("rita")
+    browser_page.goto(admin_url("review", campaign.pk))
+    iframe = page.locator("iframe.cs-html").first
+    src = iframe.get_attribute("src")
+    assert src
+
+    # The preview response: the builder stripped the script, and the headers forbid any.
+    preview = page.request.get(browser_page.url(src))
+    assert preview.ok
+    body = preview.text().lower()
+    assert "<script" not in body and "onerror" not in body
+    assert "what changed on the platform" in body
+    csp = csp_directives(preview.headers["content-security-policy"])
+    assert csp["sandbox"] == [], "a sandbox token (allow-...) would loosen it"
+    assert csp["default-src"] == ["'none'"]
+    assert csp.get("script-src", ["'none'"]) == ["'none'"]
+    assert preview.headers["x-frame-options"] == "SAMEORIGIN"
+
+    # From the review page the frame is another origin: nothing of it can be read or driven.
+    walled = page.evaluate(
+        """() => {
+            const frame = document.querySelector("iframe.cs-html");
+            let access;
+            try { access = frame.contentWindow.document ? "readable" : "empty"; }
+            catch (error) { access = error.name; }
+            return {sandbox: frame.getAttribute("sandbox"),
+                    contentDocumentIsNull: frame.contentDocument === null, access};
+        }"""
+    )
+    assert walled == {"sandbox": "", "contentDocumentIsNull": True, "access": "SecurityError"}
+    browser_page.screenshot("review-with-hostile-html")
+
+    # Now serve the hostile HTML verbatim, under the server's real preview headers.
+    def serve_hostile(route: Route) -> None:
+        route.fulfill(response=route.fetch(), body=HOSTILE_HTML)
+
+    preview_urls = re.compile(r"/preview/\d+\.html$")
+    page.route(preview_urls, serve_hostile)
+    title = page.title()
+    page.reload()
+    handle = page.locator("iframe.cs-html").first.element_handle()
+    frame = handle.content_frame() if handle else None
+    assert frame is not None
+    # After "load" every inline script and the image's error handler would have run.
+    frame.wait_for_load_state("load")
+    assert frame.locator("#marker").inner_text() == "inert"
+    browser_page.element_screenshot(page.locator("iframe.cs-html").first, "hostile-html-inert")
+    assert page.title() == title
+
+    # Opened on its own (no iframe sandbox attribute), the CSP sandbox still holds.
+    page.goto(browser_page.url(src), wait_until="load")
+    assert page.locator("#marker").inner_text() == "inert"
+    browser_page.screenshot("hostile-html-inert-opened-directly")
+    page.unroute(preview_urls)
+
+    # Control: the same HTML without our headers does run, so "inert" above means something.
+    # (A fresh page: set_content writes into the current document, which keeps its CSP.)
+    control = page.context.new_page()
+    control.set_content(HOSTILE_HTML)
+    expect(control.locator("#marker")).not_to_have_text("inert")
+
+
+# --- 3. Compose ---------------------------------------------------------------------------------
+
+
+def test_compose_counts_recipients_live_and_refuses_a_bad_placeholder_with_its_position(
+    browser_page: BrowserPage,
+) -> None:
+    seed_demo()
+    sender = SenderIdentity.objects.get()
+    members = User.objects.filter(is_staff=False, is_active=True)
+    everyone, german = members.count(), members.filter(locale="de").count()
+    assert 0 < german < everyone, "the demo audience must make the filter visible"
+
+    page = browser_page.page
+    browser_page.login("olivia")
+    browser_page.goto(reverse("admin:campaigns_campaign_add"))
+    count = page.locator("#id_audience_count")
+    expect(count).to_have_value(f"{everyone} recipients")
+    page.locator("#id_name").fill("Release notes for German speakers")
+    page.locator("#id_sender").select_option(str(sender.pk))
+    page.locator("#id_subject_template").fill(
+        'Neu auf der Plattform, {{ first_name|default:"du" }}'
+    )
+    page.locator("#id_text_template").fill(TEXT)
+    page.locator("#id_html_template").fill(HTML)
+
+    # Typed like a person; the count follows the last keystroke (the request says so).
+    with page.expect_response(
+        lambda r: "/audience-count/" in r.url and "audience_locale=de&" in r.url
+    ) as answer:
+        page.locator("#id_audience_locale").press_sequentially("de", delay=50)
+    assert answer.value.ok
+    expect(count).to_have_value(f"{german} recipients")
+    browser_page.screenshot("compose-locale-filter")
+
+    page.get_by_role("button", name="Save and continue editing").click()
+    assert "was added successfully" in browser_page.success_message()
+    campaign = Campaign.objects.get(name="Release notes for German speakers")
+    assert (campaign.author.username, campaign.status) == ("olivia", Campaign.Status.DRAFT)
+    assert campaign.audience_locale == "de"
+    expect(count).to_have_value(f"{german} recipients")
+    browser_page.screenshot("compose-saved")
+
+    # A placeholder that reaches into the model: refused, and the error says where.
+    bad_line = "Your account: {{ user.password }}"
+    bad_text = f"Hallo,\n\n{bad_line}\n\n" + TEXT
+    submit = page.get_by_role("button", name="Submit for review")
+    expect(submit).to_be_enabled()
+    page.locator("#id_text_template").fill(bad_text)
+    # Submit would act on the saved version, not on this edit: it waits for a save.
+    expect(submit).to_be_disabled()
+    expect(page.locator("#cs-unsaved")).to_be_visible()
+    page.get_by_role("button", name="Save and continue editing").click()
+    error = page.locator(".field-text_template ul.errorlist")
+    expect(error).to_be_visible()
+    where = re.search(r"line (\d+), column (\d+)", error.inner_text())
+    assert where, error.inner_text()
+    start = bad_line.index("{{") + 1
+    assert int(where[1]) == 3 and start <= int(where[2]) < start + len("{{ user.password }}")
+    browser_page.screenshot("compose-template-error")
+    campaign.refresh_from_db()
+    assert "password" not in campaign.text_template
+    # Still unsaved after the refusal: the server renders the same guard.
+    expect(submit).to_be_disabled()
+    expect(page.locator("#cs-unsaved")).to_be_visible()
+    assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+# --- The emergency stop -------------------------------------------------------------------------
+
+
+def test_reviewer_halts_and_releases_all_sending_from_the_emergency_stop_page(
+    browser_page: BrowserPage,
+) -> None:
+    campaign = seed_demo()
+    campaign = services.submit_for_review(campaign, by=User.objects.get(username="olivia"))
+    services.approve_campaign(
+        campaign, by=User.objects.get(username="rita"), digest=campaign.frozen_digest
+    )
+    assert Campaign.objects.get(pk=campaign.pk).status == Campaign.Status.SENDING
+
+    page = browser_page.page
+    browser_page.login("rita")
+    browser_page.goto(reverse("campaigns_emergency_stop"))
+    panel = page.locator("#emergency-stop")
+    expect(panel).to_contain_text("1 campaign sending now")
+    browser_page.screenshot("running")
+
+    page.locator("#reason").fill("Provider reports a bounce storm")
+    page.get_by_role("button", name="Halt all sending").click()
+    assert "All sending is halted." in browser_page.success_message()
+    assert SendingSwitch.is_halted()
+    expect(panel).to_contain_text("Provider reports a bounce storm")
+    browser_page.screenshot("halted")
+
+    page.locator("#reason").fill("Bounces explained: one mistyped domain, now suppressed")
+    page.get_by_role("button", name="Release sending").click()
+    assert "Sending released" in browser_page.success_message()
+    assert not SendingSwitch.is_halted()
+    expect(panel).to_contain_text("Last released")
+    expect(panel).to_contain_text("one mistyped domain")
+    browser_page.screenshot("released")
+    assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+# --- 4. The demo path, with a real worker --------------------------------------------------------
+
+OUTBOX_DEADLINE_SECONDS = 60
+
+
+@pytest.mark.worker
+def test_approving_the_seeded_campaign_fills_the_outbox_with_one_eml_per_recipient(
+    browser_page: BrowserPage,
+    celery_workers: CeleryWorkers,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # A fresh outbox, shared with the worker through its environment: earlier runs and
+    # other tests leave .eml files in the default one.
+    settings.OUTBOX_DIR = tmp_path / "outbox"
+    worker = celery_workers(
+        name="browser-demo",
+        concurrency=1,
+        extra_env={
+            "OUTBOX_DIR": str(settings.OUTBOX_DIR),
+            "EMAIL_TRANSPORT": "campaigns.backends.OutboxBackend",
+        },
+    )
+    campaign = seed_demo()
+
+    submit_and_approve_in_browser(browser_page, campaign)
+    approved_at = time.monotonic()
+    expected = Counter(Delivery.objects.filter(campaign=campaign).values_list("address", flat=True))
+    assert sum(expected.values()) == campaign.recipient_count == DEMO_USERS
+    assert set(expected.values()) == {1}
+
+    outbox = Path(settings.OUTBOX_DIR)
+    files: list[Path] = []
+    while time.monotonic() - approved_at < OUTBOX_DEADLINE_SECONDS:
+        files = sorted(outbox.glob("*.eml"))
+        if len(files) >= len(expected):
+            break
+        time.sleep(0.25)
+    assert len(files) == len(expected), (
+        f"{len(files)} of {len(expected)} messages after {OUTBOX_DEADLINE_SECONDS}s\n"
+        + worker.log_tail()
+    )
+
+    seen: Counter[str] = Counter()
+    for path in files:
+        message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        to = message["To"].addresses
+        assert len(to) == 1, f"{path.name}: To: {message['To']}"
+        for header in ("Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc"):
+            assert message[header] is None, f"{path.name} has {header}"
+        seen[to[0].addr_spec] += 1
+    assert seen == expected
+
+    # The ledger agrees with the outbox, and the campaign completes.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        campaign.refresh_from_db()
+        if campaign.status == Campaign.Status.SENT:
+            break
+        time.sleep(0.25)
+    assert campaign.status == Campaign.Status.SENT
+    assert set(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True)) == {
+        Delivery.Status.SENT
+    }
+    browser_page.goto(admin_url("change", campaign.pk))
+    panel = browser_page.page.locator("#campaign-status")
+    expect(panel.locator(".cs-badge").first).to_have_text("Sent")
+    expect(panel).to_contain_text(f"Sent: {DEMO_USERS}")
+    browser_page.screenshot("rita-campaign-after-sending")
