@@ -9,6 +9,13 @@ class CampaignsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from accounts.roles import sync_roles_after_migrate
+
+        post_migrate.connect(
+            sync_roles_after_migrate, sender=self, dispatch_uid="countersign-roles"
+        )
         from . import (
             checks,  # noqa: F401  (registers the system checks)
             webhooks,  # noqa: F401  (connects anymail's tracking signal)

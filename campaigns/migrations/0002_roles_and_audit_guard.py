@@ -6,52 +6,7 @@ from typing import Any
 
 from django.db import migrations
 
-ROLES: dict[str, list[str]] = {
-    "Ops": [
-        "campaigns.add_campaign",
-        "campaigns.change_campaign",
-        "campaigns.view_campaign",
-        "campaigns.submit_campaign",
-        "campaigns.send_test_campaign",
-        "campaigns.operate_campaign",
-        "campaigns.view_delivery",
-        "campaigns.view_senderidentity",
-        "campaigns.view_approval",
-        "campaigns.view_auditevent",
-    ],
-    "Compliance": [
-        "campaigns.view_campaign",
-        "campaigns.approve_campaign",
-        "campaigns.send_test_campaign",
-        "campaigns.operate_campaign",
-        "campaigns.resolve_delivery",
-        "campaigns.emergency_stop",
-        "campaigns.view_delivery",
-        "campaigns.view_senderidentity",
-        "campaigns.view_approval",
-        "campaigns.view_auditevent",
-        "campaigns.view_suppression",
-    ],
-    "Admin": [
-        "accounts.add_user",
-        "accounts.change_user",
-        "accounts.view_user",
-        "auth.view_group",
-        "campaigns.view_campaign",
-        "campaigns.emergency_stop",
-        "campaigns.view_delivery",
-        "campaigns.add_senderidentity",
-        "campaigns.change_senderidentity",
-        "campaigns.delete_senderidentity",
-        "campaigns.view_senderidentity",
-        "campaigns.add_suppression",
-        "campaigns.view_suppression",
-        "campaigns.delete_suppression",
-        "campaigns.view_approval",
-        "campaigns.view_auditevent",
-        "campaigns.view_providerevent",
-    ],
-}
+from accounts.roles import ROLES, sync_roles
 
 AUDIT_TRIGGER = """
 CREATE OR REPLACE FUNCTION campaigns_auditevent_refuse_change() RETURNS trigger AS $$
@@ -78,15 +33,10 @@ def create_roles(apps: Any, schema_editor: Any) -> None:
         create_permissions(app_config, verbosity=0)
         app_config.models_module = None
 
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for role, perms in ROLES.items():
-        group, _ = Group.objects.get_or_create(name=role)
-        for perm in perms:
-            app_label, codename = perm.split(".")
-            group.permissions.add(
-                Permission.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+    sync_roles(
+        group_model=apps.get_model("auth", "Group"),
+        permission_model=apps.get_model("auth", "Permission"),
+    )
     apps.get_model("campaigns", "AuditChainHead").objects.get_or_create(pk=1)
 
 

@@ -1,0 +1,80 @@
+"""Roles are groups: Ops compose, Compliance approves, Admin runs the system.
+
+The groups are made by a data migration and re-synced after every migrate (and after a
+test database flush, which empties auth tables and then sends post_migrate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROLES: dict[str, list[str]] = {
+    "Ops": [
+        "campaigns.add_campaign",
+        "campaigns.change_campaign",
+        "campaigns.view_campaign",
+        "campaigns.submit_campaign",
+        "campaigns.send_test_campaign",
+        "campaigns.operate_campaign",
+        "campaigns.view_delivery",
+        "campaigns.view_senderidentity",
+        "campaigns.view_approval",
+        "campaigns.view_auditevent",
+    ],
+    "Compliance": [
+        "campaigns.view_campaign",
+        "campaigns.approve_campaign",
+        "campaigns.send_test_campaign",
+        "campaigns.operate_campaign",
+        "campaigns.resolve_delivery",
+        "campaigns.emergency_stop",
+        "campaigns.view_delivery",
+        "campaigns.view_senderidentity",
+        "campaigns.view_approval",
+        "campaigns.view_auditevent",
+        "campaigns.view_suppression",
+    ],
+    "Admin": [
+        "accounts.add_user",
+        "accounts.change_user",
+        "accounts.view_user",
+        "auth.view_group",
+        "campaigns.view_campaign",
+        "campaigns.emergency_stop",
+        "campaigns.view_delivery",
+        "campaigns.add_senderidentity",
+        "campaigns.change_senderidentity",
+        "campaigns.delete_senderidentity",
+        "campaigns.view_senderidentity",
+        "campaigns.add_suppression",
+        "campaigns.view_suppression",
+        "campaigns.delete_suppression",
+        "campaigns.view_approval",
+        "campaigns.view_auditevent",
+        "campaigns.view_providerevent",
+    ],
+}
+
+
+def sync_roles(*, group_model: Any, permission_model: Any) -> None:
+    """Create the role groups and grant each its permissions (never removes anything)."""
+    for role, perms in ROLES.items():
+        group, _ = group_model.objects.get_or_create(name=role)
+        wanted = []
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            wanted.append(
+                permission_model.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        group.permissions.add(*wanted)
+
+
+def sync_roles_after_migrate(**kwargs: Any) -> None:
+    from django.apps import apps
+    from django.contrib.auth.management import create_permissions
+    from django.contrib.auth.models import Group, Permission
+
+    # post_migrate reaches apps in INSTALLED_APPS order; make sure every permission exists.
+    for app_config in apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, using=kwargs.get("using", "default"))
+    sync_roles(group_model=Group, permission_model=Permission)
