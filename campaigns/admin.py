@@ -27,6 +27,7 @@ from .models import (
     Delivery,
     ProviderEvent,
     SenderIdentity,
+    SendingSwitch,
     Suppression,
     TransitionError,
 )
@@ -126,6 +127,19 @@ class CampaignAdmin(RoleAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # cancel instead: the ledger and its history stay
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and not self.has_change_permission(request, obj):
+            # Read-only: the live count belongs to composing; the frozen count is in the panel.
+            return [
+                (
+                    name,
+                    {**opts, "fields": tuple(f for f in opts["fields"] if f != "audience_count")},
+                )
+                for name, opts in fieldsets
+            ]
+        return fieldsets
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
         return super().get_queryset(request).select_related("author", "sender")
 
@@ -137,6 +151,14 @@ class CampaignAdmin(RoleAdmin):
             services.edit_campaign(obj, by=request.user, changed=form.changed_data)
         else:
             services.create_campaign(obj, by=request.user)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        extra = dict(extra_context or {})
+        extra["can_emergency_stop"] = _role(request, "campaigns.emergency_stop")
+        extra["sending_halted"] = SendingSwitch.is_halted()
+        return super().changelist_view(request, extra_context=extra)
 
     def change_view(
         self,

@@ -34,7 +34,8 @@ class Sample:
     label: str
     delivery: Delivery
     eml: str = ""
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    # (name, value exactly as serialized, value as a mail client shows it)
+    headers: list[tuple[str, str, str]] = field(default_factory=list)
     text: str = ""
     html: str | None = None
     payload: str | None = None
@@ -115,8 +116,12 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
     raw = render_eml(message)
     sample.eml = raw.decode("utf-8", errors="replace")
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-    sample.headers = [(name, str(value)) for name, value in parsed.items()]
     modern = email.message_from_bytes(raw, policy=email.policy.default)
+    shown = list(modern.items())
+    sample.headers = [
+        (name, str(value), str(shown[i][1]) if i < len(shown) else "")
+        for i, (name, value) in enumerate(parsed.items())
+    ]
     text_part = modern.get_body(preferencelist=("plain",))
     html_part = modern.get_body(preferencelist=("html",))
     sample.text = text_part.get_content() if text_part is not None else ""

@@ -19,7 +19,7 @@ from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.db.models import CharField, Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Lower
 from django.urls import reverse
 from django.utils import timezone
 
@@ -43,7 +43,7 @@ from .rendering import (
     recipient_data_for_user,
     recipient_for_test,
 )
-from .suppressions import suppressed_addresses
+from .suppressions import suppressed_addresses, suppressed_queryset
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,21 @@ def iter_audience(
 
 
 def count_audience(campaign: Campaign) -> AudienceSummary:
+    """The live count for the compose screen. Without an uploaded list it is two COUNT
+    queries (addresses were validated when they were imported); with one, a scan."""
     summary = AudienceSummary()
-    for _ in iter_audience(campaign, summary):
-        pass
+    if campaign.audience_addresses.strip():
+        for _ in iter_audience(campaign, summary):
+            pass
+        return summary
+    qs = audience_queryset(campaign)
+    total = qs.count()
+    summary.suppressed = (
+        qs.annotate(_address=Lower("email"))
+        .filter(_address__in=suppressed_queryset(campaign.category).values("address"))
+        .count()
+    )
+    summary.recipients = total - summary.suppressed
     return summary
 
 

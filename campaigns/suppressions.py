@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 
 from accounts.models import User
 from accounts.validators import normalize_address, single_address_error
@@ -116,10 +117,14 @@ def is_suppressed(address: str, category: str) -> bool:
     ).exists()
 
 
+def suppressed_queryset(category: str) -> QuerySet[Suppression]:
+    """The suppressions that apply to a campaign of `category`."""
+    return Suppression.objects.filter(reason__in=_reasons_for(category))
+
+
 def suppressed_addresses(category: str) -> set[str]:
     """Every (lower-case) address a campaign of `category` must skip."""
-    reasons = _reasons_for(category)
-    return set(Suppression.objects.filter(reason__in=reasons).values_list("address", flat=True))
+    return set(suppressed_queryset(category).values_list("address", flat=True))
 
 
 def _reasons_for(category: str) -> list[str]:
