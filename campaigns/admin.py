@@ -33,6 +33,9 @@ from .models import (
 )
 
 admin.site.register(Suppression, SuppressionAdmin)
+admin.site.site_header = "Countersign"
+admin.site.site_title = "Countersign"
+admin.site.index_title = "Campaigns that reach one person per message"
 
 
 def _role(request: HttpRequest, perm: str) -> bool:

@@ -83,20 +83,8 @@ class CampaignForm(forms.ModelForm):
             "audience_addresses",
             "scheduled_at",
         ]
-        labels = {
-            "subject_template": "Subject",
-            "text_template": "Text part",
-            "html_template": "HTML part",
-            "audience_locale": "Locale",
-            "audience_joined_after": "Joined on or after",
-            "audience_joined_before": "Joined before",
-            "audience_attribute_name": "Attribute",
-            "audience_attribute_value": "equals",
-            "audience_addresses": "Only these addresses",
-        }
         help_texts = {
             "subject_template": 'Placeholders: {{ first_name }}, {{ first_name|default:"there" }}, ...',
-            "audience_locale": "Exact match, e.g. de or en-GB. Empty: every locale.",
         }
         widgets = {
             "subject_template": forms.TextInput(attrs={"size": 90}),

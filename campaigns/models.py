@@ -75,19 +75,29 @@ class Campaign(models.Model):
         max_length=20, choices=Category.choices, default=Category.ANNOUNCEMENT
     )
     sender = models.ForeignKey(SenderIdentity, on_delete=models.PROTECT, related_name="campaigns")
-    subject_template = models.CharField(max_length=500)
+    subject_template = models.CharField("subject", max_length=500)
     text_template = models.TextField(
-        blank=True, default="", help_text="Plain-text part. Empty: derived from the HTML."
+        "text part",
+        blank=True,
+        default="",
+        help_text="Plain-text part. Empty: derived from the HTML.",
     )
-    html_template = models.TextField(blank=True, default="")
+    html_template = models.TextField("HTML part", blank=True, default="")
 
     # Audience: active audience members, narrowed by these filters (all optional).
-    audience_locale = models.CharField(max_length=35, blank=True, default="")
-    audience_joined_after = models.DateTimeField(null=True, blank=True)
-    audience_joined_before = models.DateTimeField(null=True, blank=True)
-    audience_attribute_name = models.CharField(max_length=64, blank=True, default="")
-    audience_attribute_value = models.CharField(max_length=255, blank=True, default="")
+    audience_locale = models.CharField(
+        "locale",
+        max_length=35,
+        blank=True,
+        default="",
+        help_text="Exact match, e.g. de or en-GB. Empty: every locale.",
+    )
+    audience_joined_after = models.DateTimeField("joined on or after", null=True, blank=True)
+    audience_joined_before = models.DateTimeField("joined before", null=True, blank=True)
+    audience_attribute_name = models.CharField("attribute", max_length=64, blank=True, default="")
+    audience_attribute_value = models.CharField("equals", max_length=255, blank=True, default="")
     audience_addresses = models.TextField(
+        "only these addresses",
         blank=True,
         default="",
         help_text="Optional uploaded list, one address per line: only these members receive it.",
