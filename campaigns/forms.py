@@ -68,21 +68,7 @@ class CampaignForm(forms.ModelForm):
 
     class Meta:
         model = Campaign
-        fields = [
-            "name",
-            "category",
-            "sender",
-            "subject_template",
-            "text_template",
-            "html_template",
-            "audience_locale",
-            "audience_joined_after",
-            "audience_joined_before",
-            "audience_attribute_name",
-            "audience_attribute_value",
-            "audience_addresses",
-            "scheduled_at",
-        ]
+        fields = list(Campaign.CONTENT_FIELDS)
         help_texts = {
             "subject_template": 'Placeholders: {{ first_name }}, {{ first_name|default:"there" }}, ...',
         }

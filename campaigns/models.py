@@ -70,6 +70,23 @@ class Campaign(models.Model):
         SENT = "sent", "Sent"
         CANCELLED = "cancelled", "Cancelled"
 
+    # What staff compose: a change to any of these voids a submission or an approval.
+    CONTENT_FIELDS = (
+        "name",
+        "category",
+        "sender",
+        "subject_template",
+        "text_template",
+        "html_template",
+        "audience_locale",
+        "audience_joined_after",
+        "audience_joined_before",
+        "audience_attribute_name",
+        "audience_attribute_value",
+        "audience_addresses",
+        "scheduled_at",
+    )
+
     name = models.CharField(max_length=200)
     category = models.CharField(
         max_length=20, choices=Category.choices, default=Category.ANNOUNCEMENT

@@ -282,6 +282,18 @@ def pause_for_guard(campaign_id: int, violation: GuardViolation, delivery_id: in
 # --- The batch --------------------------------------------------------------------------------
 
 
+def _skip(delivery: Delivery, token: uuid.UUID, why: str) -> None:
+    """A claimed delivery that must not go out (cancelled, suppressed since approval)."""
+    _fenced(
+        delivery.pk,
+        token,
+        Delivery.Status.CLAIMED,
+        status=Delivery.Status.SKIPPED,
+        claim_token=None,
+        last_error=why,
+    )
+
+
 def _campaign_state(campaign_id: int) -> tuple[str, bool]:
     status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
     return status or "", SendingSwitch.is_halted()
@@ -332,14 +344,7 @@ def send_batch(
         for delivery in Delivery.objects.filter(pk__in=ids).order_by("id"):
             status, halted = _campaign_state(campaign.pk)
             if status == Campaign.Status.CANCELLED:
-                _fenced(
-                    delivery.pk,
-                    token,
-                    Delivery.Status.CLAIMED,
-                    status=Delivery.Status.SKIPPED,
-                    claim_token=None,
-                    last_error="campaign cancelled",
-                )
+                _skip(delivery, token, "campaign cancelled")
                 result.other += 1
                 continue
             if status != Campaign.Status.SENDING or halted:
@@ -347,14 +352,7 @@ def send_batch(
                 result.stopped = "paused" if not halted else "emergency stop"
                 break
             if is_suppressed(delivery.address, campaign.category):
-                _fenced(
-                    delivery.pk,
-                    token,
-                    Delivery.Status.CLAIMED,
-                    status=Delivery.Status.SKIPPED,
-                    claim_token=None,
-                    last_error="suppressed",
-                )
+                _skip(delivery, token, "suppressed")
                 result.other += 1
                 continue
             if not limiter.take(max_wait=float(settings.CLAIM_LEASE_SECONDS) / 4):
