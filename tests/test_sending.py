@@ -467,3 +467,50 @@ def test_redis_rate_limiter_is_shared_and_exact(settings: Any) -> None:
     _exercise_bucket(
         lambda clock: RedisBucket("test:redis", url=url, rate=2.0, burst=4, clock=clock)
     )
+
+
+# --- Late knowledge: provider events and the provider's own recipient list --------------------
+
+
+def test_sweeper_settles_an_unknown_delivery_from_a_provider_event(
+    olivia: User, rita: User, make_member: Callable[..., User], scripted: type[ScriptedTransport]
+) -> None:
+    from campaigns.models import ProviderEvent
+
+    make_member("maybe@example.org")
+    campaign = approved(olivia, rita)
+    scripted.script = [TimeoutError("read timed out")]
+    sending.send_batch(campaign.pk)
+    delivery = Delivery.objects.get(campaign=campaign)
+    assert delivery.status == Delivery.Status.UNKNOWN
+    assert sending.sweep().settled == 0  # no evidence yet: it stays unknown
+    ProviderEvent.objects.create(
+        provider="postmark",
+        event_id="evt-1",
+        event_type="delivered",
+        delivery=delivery,
+        recipient=delivery.address,
+    )
+    assert sending.sweep().settled == 1
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.DELIVERED
+    assert AuditEvent.objects.filter(action="delivery.settled", object_id=str(delivery.pk)).exists()
+
+
+def test_provider_reporting_other_recipients_records_sent_and_pauses(
+    olivia: User, rita: User, make_member: Callable[..., User], scripted: type[ScriptedTransport]
+) -> None:
+    from campaigns.guard import GuardViolation
+
+    make_member("first@example.org")
+    make_member("second@example.org")
+    campaign = approved(olivia, rita)
+    scripted.script = [GuardViolation("post-send", "provider reported 2 recipients", sent=True)]
+    result = sending.send_batch(campaign.pk)
+    assert result.stopped == "paused"
+    first, second = Delivery.objects.filter(campaign=campaign).order_by("id")
+    # It left: recorded as sent, with the reason; nothing more goes out.
+    assert first.status == Delivery.Status.SENT and "post-send" in first.last_error
+    assert second.status == Delivery.Status.PENDING
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.PAUSED and "post-send" in campaign.pause_reason
