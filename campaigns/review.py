@@ -177,6 +177,13 @@ def build_review(campaign: Campaign) -> Review:
             campaign.sender.message_id_domain,
         ),
         Check(
+            "Links use https (PUBLIC_BASE_URL)",
+            not campaign.is_announcement or settings.PUBLIC_BASE_URL.startswith("https://"),
+            f"unsubscribe links point at {settings.PUBLIC_BASE_URL}; mail clients only offer "
+            "one-click unsubscribe over https",
+            blocking=False,
+        ),
+        Check(
             "Every recipient has a value for each placeholder without a default",
             not any(missing.values()),
             ", ".join(f"{n} missing for {c}" for n, c in missing.items() if c)

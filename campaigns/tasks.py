@@ -12,13 +12,22 @@ from celery import shared_task
 
 
 @shared_task(name="countersign.health_check", ignore_result=False)
-def health_check(token: str) -> dict[str, str]:
-    """Round-trip probe: proves a worker process consumed the broker and can answer."""
+def health_check(token: str) -> dict[str, str | int]:
+    """Round-trip probe: proves a worker process consumed the broker and can answer,
+    and says which process and which database answered."""
+    import os
+
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
-    return {"token": token, "host": socket.gethostname(), "database": connection.vendor}
+    return {
+        "token": token,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "database": connection.vendor,
+        "database_name": str(connection.settings_dict["NAME"]),
+    }
 
 
 # acks_late + reject_on_worker_lost: a batch lost with its worker is redelivered, which is

@@ -42,6 +42,9 @@ def test_health_check_round_trips_through_a_separate_worker_process(
 
     assert answer["token"] == token
     assert answer["database"] == connection.vendor
+    # Answered by the worker's pool process, on this test's database, not by this process.
+    assert answer["pid"] in pool and answer["pid"] != os.getpid()
+    assert answer["database_name"] == str(connection.settings_dict["NAME"])
     # The worker's own log records the execution: the task ran there, not in this process.
     worker.wait_for_log(f"Task countersign.health_check[{async_result.id}] succeeded", 10)
 
