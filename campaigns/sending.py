@@ -422,16 +422,7 @@ def _send_one(
         if violation.sent:
             # The provider accepted it and then reported other recipients: record it as
             # sent (it is), and stop the campaign for people to look.
-            _fenced(
-                delivery.pk,
-                token,
-                Delivery.Status.SENDING,
-                status=Delivery.Status.SENT,
-                claim_token=None,
-                lease_expires_at=None,
-                sent_at=timezone.now(),
-                last_error=f"guard ({violation.layer}): {violation.reason}"[:1000],
-            )
+            _mark_sent(delivery, token, note=f"guard ({violation.layer}): {violation.reason}")
             pause_for_guard(campaign.pk, violation, delivery.pk)
             return True
         _block(campaign, delivery, token, Delivery.Status.SENDING, violation)
@@ -441,6 +432,14 @@ def _send_one(
         return False
 
     status = getattr(message, "anymail_status", None)
+    _mark_sent(delivery, token, provider_message_id=str(getattr(status, "message_id", "") or ""))
+    return True
+
+
+def _mark_sent(
+    delivery: Delivery, token: uuid.UUID, *, note: str = "", provider_message_id: str = ""
+) -> None:
+    """The provider accepted the message: `sending` -> `sent`, fenced on our claim."""
     _fenced(
         delivery.pk,
         token,
@@ -449,10 +448,9 @@ def _send_one(
         claim_token=None,
         lease_expires_at=None,
         sent_at=timezone.now(),
-        last_error="",
-        provider_message_id=str(getattr(status, "message_id", "") or "")[:255],
+        last_error=note[:1000],
+        provider_message_id=provider_message_id[:255],
     )
-    return True
 
 
 def _block(
