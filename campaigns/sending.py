@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 import smtplib
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -226,8 +225,6 @@ def classify_failure(exc: BaseException) -> Outcome:
     ):
         return Outcome(Delivery.Status.RETRY_WAIT, text)
     # Timeouts, disconnects after DATA, anything unexpected: the provider may have it.
-    if isinstance(exc, socket.timeout | smtplib.SMTPServerDisconnected | OSError):
-        return Outcome(Delivery.Status.UNKNOWN, text)
     return Outcome(Delivery.Status.UNKNOWN, text)
 
 
@@ -282,15 +279,16 @@ def pause_for_guard(campaign_id: int, violation: GuardViolation, delivery_id: in
 # --- The batch --------------------------------------------------------------------------------
 
 
-def _skip(delivery: Delivery, token: uuid.UUID, why: str) -> None:
-    """A claimed delivery that must not go out (cancelled, suppressed since approval)."""
+def _end_claim(delivery: Delivery, token: uuid.UUID, status: str, why: str) -> None:
+    """Close a claimed delivery that will not go out: skipped (cancelled, suppressed since
+    approval) or failed (its message cannot be built)."""
     _fenced(
         delivery.pk,
         token,
         Delivery.Status.CLAIMED,
-        status=Delivery.Status.SKIPPED,
+        status=status,
         claim_token=None,
-        last_error=why,
+        last_error=why[:1000],
     )
 
 
@@ -344,7 +342,7 @@ def send_batch(
         for delivery in Delivery.objects.filter(pk__in=ids).order_by("id"):
             status, halted = _campaign_state(campaign.pk)
             if status == Campaign.Status.CANCELLED:
-                _skip(delivery, token, "campaign cancelled")
+                _end_claim(delivery, token, Delivery.Status.SKIPPED, "campaign cancelled")
                 result.other += 1
                 continue
             if status != Campaign.Status.SENDING or halted:
@@ -352,23 +350,18 @@ def send_batch(
                 result.stopped = "paused" if not halted else "emergency stop"
                 break
             if is_suppressed(delivery.address, campaign.category):
-                _skip(delivery, token, "suppressed")
+                _end_claim(delivery, token, Delivery.Status.SKIPPED, "suppressed")
                 result.other += 1
                 continue
             if not limiter.take(max_wait=float(settings.CLAIM_LEASE_SECONDS) / 4):
                 result.stopped = "rate limit wait too long"
                 break
+            # A guard violation pauses the campaign; the state check above then stops
+            # this loop before the next message, like any other pause.
             if _send_one(campaign, delivery, token, connection):
                 result.sent += 1
             else:
                 result.other += 1
-            status_now = (
-                Campaign.objects.filter(pk=campaign.pk).values_list("status", flat=True).first()
-            )
-            if status_now == Campaign.Status.PAUSED and status == Campaign.Status.SENDING:
-                # A guard violation on this message paused the campaign.
-                result.stopped = "paused"
-                break
     finally:
         try:
             connection.close()
@@ -387,14 +380,7 @@ def _send_one(
         message = build_message(campaign, recipient_for_delivery(delivery), send_time=now)
     except MESSAGE_ERRORS as exc:
         # E.g. a placeholder without a default and no value: this recipient fails, no fallback.
-        _fenced(
-            delivery.pk,
-            token,
-            Delivery.Status.CLAIMED,
-            status=Delivery.Status.FAILED,
-            claim_token=None,
-            last_error=f"cannot build the message: {exc}"[:1000],
-        )
+        _end_claim(delivery, token, Delivery.Status.FAILED, f"cannot build the message: {exc}")
         return False
     violations = preflight(message, getattr(connection, "transport", connection))
     if violations:
