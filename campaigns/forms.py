@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django import forms
 from django.utils import timezone
+
+from accounts.importer import check_attribute_name
 
 from .models import Campaign
 from .rendering import MESSAGE_ERRORS, Recipient, build_message
@@ -17,8 +18,6 @@ from .templating import (
     compile_template,
     html_changes,
 )
-
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
 
 
 def _compile_errors(campaign: Campaign) -> dict[str, str]:
@@ -85,8 +84,9 @@ class CampaignForm(forms.ModelForm):
 
     def clean_audience_attribute_name(self) -> str:
         name: str = self.cleaned_data.get("audience_attribute_name", "").strip()
-        if name and not _IDENTIFIER.match(name):
-            raise forms.ValidationError("Use an imported attribute name (letters, digits, _).")
+        problem = check_attribute_name(name) if name else None
+        if problem:
+            raise forms.ValidationError(f"Use an imported attribute name: {name!r} {problem}.")
         return name
 
     def clean_audience_addresses(self) -> str:

@@ -49,9 +49,6 @@ logger = logging.getLogger(__name__)
 
 MATERIALIZE_CHUNK = 2000
 
-# The content fields whose change voids a submission or an approval.
-CONTENT_FIELDS = Campaign.CONTENT_FIELDS
-
 
 class PermissionRefused(TransitionError):
     """The user's role does not allow this action."""
@@ -183,10 +180,6 @@ def require_second_person(campaign: Campaign, reviewer: User) -> None:
         )
 
 
-def can_review(user: User) -> bool:
-    return user.has_role_perm("campaigns.view_campaign")
-
-
 def can_decide(user: User, campaign: Campaign) -> bool:
     if not user.has_role_perm("campaigns.approve_campaign"):
         return False
@@ -221,7 +214,7 @@ def edit_campaign(campaign: Campaign, *, by: User, changed: Iterable[str]) -> Ca
     `campaign` carries the new field values (unsaved); `changed` names the edited fields.
     """
     require_role(by, "campaigns.change_campaign", "edit campaigns")
-    changed = [name for name in changed if name in CONTENT_FIELDS]
+    changed = [name for name in changed if name in Campaign.CONTENT_FIELDS]
     with transaction.atomic():
         current = _lock(campaign)
         current.require_status(

@@ -26,6 +26,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.importer import check_attribute_name
 from accounts.models import User
 
 from . import sending, services
@@ -241,8 +242,13 @@ def audience_count(request: HttpRequest) -> JsonResponse:
             if parsed is None:
                 return JsonResponse({"error": f"{name}: not a date and time"}, status=400)
             setattr(draft, name, parsed)
-    if draft.audience_attribute_name and not draft.audience_attribute_name.isidentifier():
-        return JsonResponse({"error": "attribute name: not an identifier"}, status=400)
+    problem = (
+        check_attribute_name(draft.audience_attribute_name)
+        if draft.audience_attribute_name
+        else None
+    )
+    if problem:
+        return JsonResponse({"error": f"attribute name {problem}"}, status=400)
     summary = services.count_audience(draft)
     return JsonResponse(
         {
