@@ -32,7 +32,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.db.models.functions import Lower
 
-from campaigns.models import record_audit
+from audit.chain import record_audit
 from campaigns.templating import FIXED_PLACEHOLDERS, HEADER_CONTROL
 
 from .models import AudienceAttribute, User

@@ -19,7 +19,7 @@ ROLES: dict[str, list[str]] = {
         "campaigns.view_delivery",
         "campaigns.view_senderidentity",
         "campaigns.view_approval",
-        "campaigns.view_auditevent",
+        "audit.view_auditevent",
     ],
     "Compliance": [
         "campaigns.view_campaign",
@@ -31,7 +31,7 @@ ROLES: dict[str, list[str]] = {
         "campaigns.view_delivery",
         "campaigns.view_senderidentity",
         "campaigns.view_approval",
-        "campaigns.view_auditevent",
+        "audit.view_auditevent",
         "campaigns.view_suppression",
     ],
     "Admin": [
@@ -50,7 +50,7 @@ ROLES: dict[str, list[str]] = {
         "campaigns.view_suppression",
         "campaigns.delete_suppression",
         "campaigns.view_approval",
-        "campaigns.view_auditevent",
+        "audit.view_auditevent",
         "campaigns.view_providerevent",
     ],
 }
@@ -63,9 +63,13 @@ def sync_roles(*, group_model: Any, permission_model: Any) -> None:
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")
-            wanted.append(
-                permission_model.objects.get(content_type__app_label=app_label, codename=codename)
-            )
+            # A permission of an app whose models a migration has not made yet is skipped
+            # here; post_migrate syncs again once every app is migrated.
+            found = permission_model.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).first()
+            if found is not None:
+                wanted.append(found)
         group.permissions.add(*wanted)
 
 

@@ -114,7 +114,7 @@ def main() -> None:
         from django.utils import timezone
 
         from campaigns import sending
-        from campaigns.guard import preflight
+        from campaigns.guard.layers import preflight
         from campaigns.models import Campaign, Delivery
         from campaigns.rendering import build_message, recipient_for_delivery
 

@@ -16,66 +16,26 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 
 from accounts.models import User
+from accounts.role_admin import ReadOnlyAdmin, RoleAdmin, has_role
+from audit.models import AuditEvent
 
 from . import services, views
 from .admin_suppressions import SuppressionAdmin
 from .forms import CampaignForm
 from .models import (
     Approval,
-    AuditEvent,
     Campaign,
     Delivery,
     ProviderEvent,
     SenderIdentity,
     SendingSwitch,
     Suppression,
-    TransitionError,
 )
 
 admin.site.register(Suppression, SuppressionAdmin)
 admin.site.site_header = "Countersign"
 admin.site.site_title = "Countersign"
 admin.site.index_title = "Campaigns that reach one person per message"
-
-
-def _role(request: HttpRequest, perm: str) -> bool:
-    user = request.user
-    return isinstance(user, User) and user.is_active and user.has_role_perm(perm)
-
-
-class RoleAdmin(admin.ModelAdmin):
-    """Admin permissions from roles, not from is_superuser."""
-
-    def _perm(self, action: str) -> str:
-        return f"{self.opts.app_label}.{action}_{self.opts.model_name}"
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return _role(request, self._perm("view")) or _role(request, self._perm("change"))
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return _role(request, self._perm("add"))
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return _role(request, self._perm("change"))
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return _role(request, self._perm("delete"))
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
-
-
-class ReadOnlyAdmin(RoleAdmin):
-    """Ledgers and records: looked at, never edited through the admin."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(SenderIdentity)
@@ -159,7 +119,7 @@ class CampaignAdmin(RoleAdmin):
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
     ) -> Any:
         extra = dict(extra_context or {})
-        extra["can_emergency_stop"] = _role(request, "campaigns.emergency_stop")
+        extra["can_emergency_stop"] = has_role(request, "campaigns.emergency_stop")
         extra["sending_halted"] = SendingSwitch.is_halted()
         return super().changelist_view(request, extra_context=extra)
 
@@ -268,18 +228,8 @@ class ApprovalAdmin(ReadOnlyAdmin):
     list_select_related = ("campaign", "reviewer")
 
 
-@admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ("seq", "created_at", "actor_label", "action", "object_type", "object_id")
-    list_filter = ("action",)
-    search_fields = ("action", "actor_label", "object_id")
-
-
 @admin.register(ProviderEvent)
 class ProviderEventAdmin(ReadOnlyAdmin):
     list_display = ("received_at", "provider", "event_type", "recipient", "message_id")
     list_filter = ("provider", "event_type")
     search_fields = ("recipient", "message_id", "event_id")
-
-
-__all__ = ["CampaignAdmin", "TransitionError"]

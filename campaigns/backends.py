@@ -20,9 +20,12 @@ from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
-from . import guard
-from .guard import GuardViolation
-from .models import Campaign, record_audit
+from audit.chain import record_audit
+
+from .guard import layers
+from .guard.provider import is_anymail
+from .guard.vocabulary import GuardViolation
+from .models import Campaign
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class GuardedBackend(BaseEmailBackend):
         if isinstance(transport_class, type) and issubclass(transport_class, GuardedBackend):
             raise ImproperlyConfigured("EMAIL_TRANSPORT must name the real backend, not the guard.")
         self.transport = get_connection(transport_path, fail_silently=fail_silently, **kwargs)
-        self._anymail = guard.is_anymail(self.transport)
+        self._anymail = is_anymail(self.transport)
         # The message being handed to the transport, for the SMTP `sendmail` check.
         self._current: EmailMessage | None = None
         if self._anymail:
@@ -95,7 +98,7 @@ class GuardedBackend(BaseEmailBackend):
             return 0
         for message in messages:
             try:
-                for settings_layer in guard.SETTINGS_LAYERS:
+                for settings_layer in layers.SETTINGS_LAYERS:
                     settings_layer()
                 self._check_before_send(message)
             except GuardViolation as violation:
@@ -115,7 +118,7 @@ class GuardedBackend(BaseEmailBackend):
                 sent += count
                 if count:
                     try:
-                        for post_layer in guard.POST_SEND_LAYERS:
+                        for post_layer in layers.POST_SEND_LAYERS:
                             post_layer(message)
                     except GuardViolation as violation:
                         violation.sent = True
@@ -127,7 +130,7 @@ class GuardedBackend(BaseEmailBackend):
 
     def _check_before_send(self, message: EmailMessage) -> None:
         try:
-            guard.check_before_send(message, self.transport)
+            layers.check_before_send(message, self.transport)
         except AnymailError:
             # The payload cannot be built (an unsupported feature, say): the real send
             # fails the same way before posting, and anymail applies fail_silently to it.
@@ -166,13 +169,13 @@ class GuardedBackend(BaseEmailBackend):
 
                 def checked_params(api_url: str) -> dict[str, Any]:
                     params: dict[str, Any] = build_params(api_url)
-                    for layer in guard.ANYMAIL_PAYLOAD_LAYERS:
+                    for layer in layers.ANYMAIL_PAYLOAD_LAYERS:
                         layer(payload, message, params=params)
                     return params
 
                 payload.get_request_params = checked_params
             else:
-                for layer in guard.ANYMAIL_PAYLOAD_LAYERS:
+                for layer in layers.ANYMAIL_PAYLOAD_LAYERS:
                     layer(payload, message)
             return original_post(payload, message)
 
@@ -195,7 +198,7 @@ class GuardedBackend(BaseEmailBackend):
                 raise GuardViolation("smtp-envelope", "sendmail called outside the guard")
             envelope = [to_addrs] if isinstance(to_addrs, str) else list(to_addrs)
             raw = msg.encode("utf-8") if isinstance(msg, str) else bytes(msg)
-            for layer in guard.SMTP_ENVELOPE_LAYERS:
+            for layer in layers.SMTP_ENVELOPE_LAYERS:
                 layer(message, envelope=envelope, raw=raw)
             return original_sendmail(from_addr, to_addrs, msg, *args, **kwargs)
 

@@ -1,14 +1,11 @@
-"""Campaigns, the per-recipient delivery ledger, approvals, suppressions and the audit chain."""
+"""Campaigns, the per-recipient delivery ledger, approvals, suppressions and provider events."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -436,126 +433,3 @@ class RateBucket(models.Model):
 
     def __str__(self) -> str:
         return self.key
-
-
-class AuditChainHead(models.Model):
-    """One row: the newest link of the audit chain. Writers lock it, so the chain never forks."""
-
-    seq = models.BigIntegerField(default=0)
-    hash = models.CharField(max_length=64, default="0" * 64)
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.hash[:12]}"
-
-
-class AuditEvent(models.Model):
-    """Append-only, hash-chained record of every decision and transition.
-
-    Actor and object are stored as plain values, not foreign keys, so that deleting
-    anything never cascades into (or is blocked by) the history.
-    """
-
-    seq = models.BigIntegerField(unique=True)
-    created_at = models.DateTimeField()
-    actor_id = models.BigIntegerField(null=True, blank=True)
-    actor_label = models.CharField(max_length=254, blank=True, default="")
-    action = models.CharField(max_length=64)
-    object_type = models.CharField(max_length=64, blank=True, default="")
-    object_id = models.CharField(max_length=64, blank=True, default="")
-    data = models.JSONField(default=dict)
-    prev_hash = models.CharField(max_length=64)
-    hash = models.CharField(max_length=64)
-
-    class Meta:
-        ordering = ["seq"]
-        indexes = [models.Index(fields=["object_type", "object_id"], name="campaigns_audit_object")]
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.action} {self.object_type}:{self.object_id}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None:
-            raise ValueError("Audit events are append-only.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        raise ValueError("Audit events are append-only.")
-
-    def compute_hash(self) -> str:
-        return chain_hash(
-            prev_hash=self.prev_hash,
-            seq=self.seq,
-            created_at=self.created_at,
-            actor_id=self.actor_id,
-            actor_label=self.actor_label,
-            action=self.action,
-            object_type=self.object_type,
-            object_id=self.object_id,
-            data=self.data,
-        )
-
-
-def chain_hash(
-    *,
-    prev_hash: str,
-    seq: int,
-    created_at: datetime,
-    actor_id: int | None,
-    actor_label: str,
-    action: str,
-    object_type: str,
-    object_id: str,
-    data: dict[str, Any],
-) -> str:
-    canonical = json.dumps(
-        {
-            "prev": prev_hash,
-            "seq": seq,
-            "at": created_at.astimezone(UTC).isoformat(timespec="microseconds"),
-            "actor_id": actor_id,
-            "actor": actor_label,
-            "action": action,
-            "object_type": object_type,
-            "object_id": object_id,
-            "data": data,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def record_audit(
-    action: str,
-    *,
-    actor: Any = None,
-    obj: models.Model | None = None,
-    data: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event to the chain, in the caller's transaction.
-
-    The chain head row is locked for the rest of the transaction, which serializes
-    writers: two concurrent events can never both link to the same predecessor.
-    """
-    payload = json.loads(json.dumps(data or {}, default=str))
-    with transaction.atomic():
-        head, _ = AuditChainHead.objects.get_or_create(pk=1)
-        head = AuditChainHead.objects.select_for_update().get(pk=1)
-        event = AuditEvent(
-            seq=head.seq + 1,
-            created_at=timezone.now(),
-            actor_id=getattr(actor, "pk", None),
-            actor_label=str(getattr(actor, "username", "") or actor or "system"),
-            action=action,
-            object_type=obj._meta.label_lower if obj is not None else "",
-            object_id=str(obj.pk) if obj is not None else "",
-            data=payload,
-            prev_hash=head.hash,
-        )
-        event.hash = event.compute_hash()
-        event.save()
-        head.seq = event.seq
-        head.hash = event.hash
-        head.save(update_fields=["seq", "hash"])
-    return event

@@ -14,7 +14,9 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Q
 
-from .guard import GuardViolation, preflight, provider_payload_preview
+from .guard.layers import preflight
+from .guard.provider import provider_payload_preview
+from .guard.vocabulary import GuardViolation
 from .models import Campaign, Delivery
 from .rendering import (
     MESSAGE_ERRORS,

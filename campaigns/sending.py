@@ -30,9 +30,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
+from audit.chain import record_audit
 
-from .guard import GuardViolation, preflight
-from .models import Campaign, Delivery, IllegalTransition, SendingSwitch, Suppression, record_audit
+from .guard.layers import preflight
+from .guard.vocabulary import GuardViolation
+from .models import Campaign, Delivery, IllegalTransition, SendingSwitch, Suppression
 from .ratelimit import shared_limiter
 from .rendering import MESSAGE_ERRORS, build_message, content_digest, recipient_for_delivery
 from .suppressions import add_suppression, is_suppressed

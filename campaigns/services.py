@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.validators import normalize_address, single_address_error
+from audit.chain import record_audit
 
 from .models import (
     Approval,
@@ -34,7 +35,6 @@ from .models import (
     StaleDigest,
     TransitionError,
     TwoPersonRuleViolation,
-    record_audit,
 )
 from .rendering import (
     audience_hash,

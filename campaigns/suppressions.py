@@ -14,8 +14,9 @@ from django.db.models import QuerySet
 
 from accounts.models import User
 from accounts.validators import normalize_address, single_address_error
+from audit.chain import record_audit
 
-from .models import Campaign, Suppression, record_audit
+from .models import Campaign, Suppression
 
 # Reasons that may replace an existing `unsubscribed` row. An unsubscribe only silences
 # announcements; a bounce, a complaint or an operator's decision silences everything, so

@@ -28,10 +28,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.importer import check_attribute_name
 from accounts.models import User
+from audit.chain import record_audit
 
 from . import sending, services
 from .forms import DecisionForm
-from .models import Campaign, Delivery, SendingSwitch, TransitionError, record_audit
+from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .rendering import build_message, recipient_for_delivery, render_eml
 
 

@@ -33,8 +33,9 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from accounts.validators import normalize_address
+from audit.chain import record_audit
 
-from .models import Delivery, ProviderEvent, Suppression, record_audit
+from .models import Delivery, ProviderEvent, Suppression
 from .suppressions import add_suppression
 
 logger = logging.getLogger(__name__)

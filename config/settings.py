@@ -75,6 +75,7 @@ VAR_DIR = env_path("VAR_DIR", BASE_DIR / "var")
 
 INSTALLED_APPS = [
     "accounts",
+    "audit",
     "campaigns",
     "anymail",
     "django.contrib.admin",

@@ -6,7 +6,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
-from campaigns.models import AuditEvent, record_audit
+from audit.chain import record_audit
+from audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -34,11 +35,11 @@ def test_verify_audit_names_the_altered_row() -> None:
         # The trigger refuses the change; an attacker with table-owner rights disables it first.
         with connection.cursor() as cursor:
             cursor.execute(
-                "ALTER TABLE campaigns_auditevent DISABLE TRIGGER campaigns_auditevent_append_only"
+                "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_auditevent_append_only"
             )
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE campaigns_auditevent SET data = %s WHERE seq = %s",
+            "UPDATE audit_auditevent SET data = %s WHERE seq = %s",
             ['{"n": 999}', events[2].seq],
         )
     with pytest.raises(
@@ -52,10 +53,10 @@ def test_verify_audit_notices_a_deleted_row() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
-                "ALTER TABLE campaigns_auditevent DISABLE TRIGGER campaigns_auditevent_append_only"
+                "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_auditevent_append_only"
             )
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM campaigns_auditevent WHERE seq = %s", [events[1].seq])
+        cursor.execute("DELETE FROM audit_auditevent WHERE seq = %s", [events[1].seq])
     with pytest.raises(CommandError, match=r"event #2 is missing"):
         call_command("verify_audit")
 
@@ -72,8 +73,8 @@ def test_the_orm_refuses_to_change_or_delete_an_event() -> None:
 def test_postgres_trigger_refuses_update_and_delete() -> None:
     event = _events(1)[0]
     for sql in (
-        "UPDATE campaigns_auditevent SET action = 'forged' WHERE seq = %s",
-        "DELETE FROM campaigns_auditevent WHERE seq = %s",
+        "UPDATE audit_auditevent SET action = 'forged' WHERE seq = %s",
+        "DELETE FROM audit_auditevent WHERE seq = %s",
     ):
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
             with connection.cursor() as cursor:

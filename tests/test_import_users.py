@@ -23,7 +23,7 @@ from accounts.importer import (
     import_users_csv,
 )
 from accounts.models import AudienceAttribute, User
-from campaigns.models import AuditEvent
+from audit.models import AuditEvent
 from tests.conftest import make_staff
 
 pytestmark = pytest.mark.django_db

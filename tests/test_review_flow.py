@@ -15,15 +15,9 @@ from django.test import Client
 from django.urls import reverse
 
 from accounts.models import User
+from audit.models import AuditEvent
 from campaigns import services
-from campaigns.models import (
-    Approval,
-    AuditEvent,
-    Campaign,
-    Delivery,
-    StaleDigest,
-    TwoPersonRuleViolation,
-)
+from campaigns.models import Approval, Campaign, Delivery, StaleDigest, TwoPersonRuleViolation
 from tests.conftest import DEMO_PASSWORD, make_staff
 from tests.factories import make_campaign
 

@@ -19,7 +19,8 @@ from accounts.management.commands.seed_demo import (
     demo_member,
 )
 from accounts.models import AudienceAttribute, User
-from campaigns.models import AuditEvent, Campaign, SenderIdentity
+from audit.models import AuditEvent
+from campaigns.models import Campaign, SenderIdentity
 from campaigns.templating import allowed_placeholders, compile_subject, compile_template
 
 pytestmark = pytest.mark.django_db

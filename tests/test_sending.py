@@ -20,8 +20,9 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.utils import timezone
 
 from accounts.models import User
+from audit.models import AuditEvent
 from campaigns import sending, services
-from campaigns.models import AuditEvent, Campaign, Delivery, SendingSwitch, Suppression
+from campaigns.models import Campaign, Delivery, SendingSwitch, Suppression
 from campaigns.ratelimit import DatabaseBucket, RedisBucket
 from campaigns.suppressions import add_suppression
 from tests.conftest import make_staff
@@ -500,7 +501,7 @@ def test_sweeper_settles_an_unknown_delivery_from_a_provider_event(
 def test_provider_reporting_other_recipients_records_sent_and_pauses(
     olivia: User, rita: User, make_member: Callable[..., User], scripted: type[ScriptedTransport]
 ) -> None:
-    from campaigns.guard import GuardViolation
+    from campaigns.guard.vocabulary import GuardViolation
 
     make_member("first@example.org")
     make_member("second@example.org")

@@ -8,8 +8,9 @@ from django.test import Client
 from django.urls import path, reverse
 
 from accounts.models import User
+from audit.models import AuditEvent
 from campaigns.admin_suppressions import SuppressionAdmin
-from campaigns.models import AuditEvent, Campaign, Suppression
+from campaigns.models import Campaign, Suppression
 from campaigns.suppressions import (
     RemovalReasonRequired,
     add_suppression,

@@ -10,7 +10,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from campaigns.models import AuditEvent, Campaign, Suppression
+from audit.models import AuditEvent
+from campaigns.models import Campaign, Suppression
 from campaigns.suppressions import add_suppression, is_suppressed
 from campaigns.tokens import make_unsubscribe_token
 

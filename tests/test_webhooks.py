@@ -14,14 +14,8 @@ from django.core.checks.registry import registry
 from django.test import Client, override_settings
 
 from accounts.models import User
-from campaigns.models import (
-    AuditEvent,
-    Campaign,
-    Delivery,
-    ProviderEvent,
-    SenderIdentity,
-    Suppression,
-)
+from audit.models import AuditEvent
+from campaigns.models import Campaign, Delivery, ProviderEvent, SenderIdentity, Suppression
 from campaigns.suppressions import is_suppressed
 from campaigns.webhooks import Effect, check_webhook_secret, next_status
 

@@ -19,7 +19,8 @@ from django.db import transaction
 
 from accounts.importer import ImportReport, MemberRow, import_members
 from accounts.models import User
-from campaigns.models import Campaign, SenderIdentity, record_audit
+from audit.chain import record_audit
+from campaigns.models import Campaign, SenderIdentity
 
 DEFAULT_PASSWORD = "countersign-demo"
 
