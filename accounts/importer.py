@@ -33,10 +33,15 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 
 from audit.chain import record_audit
-from campaigns.templating import FIXED_PLACEHOLDERS, HEADER_CONTROL
 
 from .models import AudienceAttribute, User
-from .validators import normalize_address, single_address_error
+from .validators import (
+    ACCOUNT_FIELDS,
+    BUILDER_FIELDS,
+    HEADER_CONTROL,
+    normalize_address,
+    single_address_error,
+)
 
 DEFAULT_CHUNK_SIZE = 1_000
 # Each chunk looks up every address plus two candidate usernames in one query; SQLite
@@ -44,16 +49,13 @@ DEFAULT_CHUNK_SIZE = 1_000
 MAX_CHUNK_SIZE = 5_000
 MAX_STORED_ERRORS = 1_000
 
-FIXED_COLUMNS = ("email", "first_name", "last_name", "locale")
+FIXED_COLUMNS = ACCOUNT_FIELDS
 # Placeholders every template gets from the recipient or the send; an attribute column
 # with one of these names would shadow it.
-RESERVED_NAMES = frozenset(FIXED_PLACEHOLDERS)
+RESERVED_NAMES = frozenset(ACCOUNT_FIELDS + BUILDER_FIELDS)
 ATTRIBUTE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_ATTRIBUTE_NAME = 64
 
-# C0, DEL, C1 and U+2028/2029: names end up in the To header (and values in the subject),
-# where any of them can end the header early in some parser. The builder's own pattern.
-_CONTROL = HEADER_CONTROL
 _LOCALE = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*")
 # django.contrib.auth's UnicodeUsernameValidator: a username outside it cannot be saved
 # from the admin's change form.
@@ -255,12 +257,12 @@ def row_error(row: MemberRow) -> str | None:
         limit = _FIELD_LIMITS[name] or 0
         if len(value) > limit:
             return f"{name} is longer than {limit} characters"
-        if _CONTROL.search(value):
+        if HEADER_CONTROL.search(value):
             return f"{name} contains a control character or line break"
     if row.locale and not _LOCALE.fullmatch(row.locale):
         return f"locale {row.locale!r} is not a language code like en, de or pt-BR"
     for name, value in row.attributes.items():
-        if _CONTROL.search(value):
+        if HEADER_CONTROL.search(value):
             return f"{name} contains a control character or line break"
     return None
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractUser, UserManager
+from django.contrib.auth.models import AbstractUser, Permission, UserManager
 from django.db import models
 from django.db.models.functions import Lower
 
@@ -68,8 +68,6 @@ class User(AbstractUser):
             return set()
         cache_name = "_role_perm_cache"
         if not hasattr(self, cache_name):
-            from django.contrib.auth.models import Permission
-
             perms = (
                 Permission.objects.filter(models.Q(group__user=self) | models.Q(user=self))
                 .values_list("content_type__app_label", "codename")

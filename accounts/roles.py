@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group, Permission
+
 ROLES: dict[str, list[str]] = {
     "Ops": [
         "campaigns.add_campaign",
@@ -74,10 +78,6 @@ def sync_roles(*, group_model: Any, permission_model: Any) -> None:
 
 
 def sync_roles_after_migrate(**kwargs: Any) -> None:
-    from django.apps import apps
-    from django.contrib.auth.management import create_permissions
-    from django.contrib.auth.models import Group, Permission
-
     # post_migrate reaches apps in INSTALLED_APPS order; make sure every permission exists.
     for app_config in apps.get_app_configs():
         create_permissions(app_config, verbosity=0, using=kwargs.get("using", "default"))

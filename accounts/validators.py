@@ -1,8 +1,9 @@
-"""The project's one address validator.
+"""What the project accepts about a person: one bare address, header-safe text, field names.
 
-Used by the user import, audience uploads, the delivery ledger and the send guard. It
-accepts exactly one bare address (`local@domain`) and refuses anything that any of the
-parsers on the way to the provider could read as zero or several recipients.
+`single_address_error` is the project's one address validator, used by the user import,
+audience uploads, the delivery ledger and the send guard. It accepts exactly one bare
+address (`local@domain`) and refuses anything that any of the parsers on the way to the
+provider could read as zero or several recipients.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from django.core.exceptions import ValidationError
 from django.core.validators import EmailValidator
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0, DEL, C1 and the Unicode line/paragraph separators: any of them in a header value
+# can end the header early in some parser (CR/LF injection being the famous case). Names
+# and attribute values end up in To and Subject, so the import refuses them as well.
+HEADER_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# The account fields a template sees for every recipient, and the value the message
+# builder adds itself. An imported attribute column may not take one of these names.
+ACCOUNT_FIELDS = ("email", "first_name", "last_name", "locale")
+BUILDER_FIELDS = ("unsubscribe_url",)
 # Characters that separate, group or quote addresses in some parser. None is legal in
 # the bare addresses we accept, so refusing them up front closes every ambiguity.
 _FORBIDDEN = set(' ,;<>"()[]\\:')

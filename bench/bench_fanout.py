@@ -113,7 +113,7 @@ def main() -> None:
         from django.db import connection
         from django.utils import timezone
 
-        from campaigns import sending
+        from campaigns import worker
         from campaigns.guard.layers import preflight
         from campaigns.models import Campaign, Delivery
         from campaigns.rendering import build_message, recipient_for_delivery
@@ -149,7 +149,7 @@ def main() -> None:
 
         def send_all() -> None:
             nonlocal batches
-            while sending.send_batch(campaign.pk).claimed:
+            while worker.send_batch(campaign.pk).claimed:
                 batches += 1
 
         rows = [
@@ -159,7 +159,7 @@ def main() -> None:
             timed(f"send_batch ({args.batch_size}/batch, outbox)", count, send_all),
         ]
         campaign.refresh_from_db()
-        summary = sending.delivery_summary(campaign.pk)
+        summary = worker.delivery_summary(campaign.pk)
         written = len(list(outbox.glob("*.eml"))) - before
         assert summary == {"sent": count}, summary
         assert written == count, written

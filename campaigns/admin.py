@@ -10,7 +10,7 @@ from functools import update_wrapper
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet
+from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
@@ -31,6 +31,7 @@ from .models import (
     SendingSwitch,
     Suppression,
 )
+from .worker import delivery_summary
 
 admin.site.register(Suppression, SuppressionAdmin)
 admin.site.site_header = "Countersign"
@@ -143,12 +144,7 @@ class CampaignAdmin(RoleAdmin):
                     request,
                     "Editing a submitted or approved campaign returns it to draft and voids its review.",
                 )
-            counts = dict(
-                Delivery.objects.filter(campaign=campaign)
-                .values_list("status")
-                .annotate(n=Count("id"))
-                .values_list("status", "n")
-            )
+            counts = delivery_summary(campaign.pk)
             extra.update(
                 campaign=campaign,
                 delivery_counts=[(Delivery.Status(s).label, n) for s, n in sorted(counts.items())],
@@ -233,3 +229,12 @@ class ProviderEventAdmin(ReadOnlyAdmin):
     list_display = ("received_at", "provider", "event_type", "recipient", "message_id")
     list_filter = ("provider", "event_type")
     search_fields = ("recipient", "message_id", "event_id")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    """The audit chain, read-only, for every role that may see it."""
+
+    list_display = ("seq", "created_at", "actor_label", "action", "object_type", "object_id")
+    list_filter = ("action",)
+    search_fields = ("action", "actor_label", "object_id")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class CampaignsConfig(AppConfig):
@@ -9,14 +10,15 @@ class CampaignsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
-
+        # Imported here, not at the top: these modules use models, and an AppConfig module
+        # is imported before any model is loaded.
         from accounts.roles import sync_roles_after_migrate
 
-        post_migrate.connect(
-            sync_roles_after_migrate, sender=self, dispatch_uid="countersign-roles"
-        )
         from . import (
             checks,  # noqa: F401  (registers the system checks)
             webhooks,  # noqa: F401  (connects anymail's tracking signal)
+        )
+
+        post_migrate.connect(
+            sync_roles_after_migrate, sender=self, dispatch_uid="countersign-roles"
         )

@@ -5,61 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.utils import timezone
 
 from accounts.importer import check_attribute_name
 
+from .audience import parse_address_list
 from .models import Campaign
-from .rendering import MESSAGE_ERRORS, Recipient, build_message
-from .templating import (
-    TemplateSyntaxError,
-    allowed_placeholders,
-    compile_subject,
-    compile_template,
-    html_changes,
-)
-
-
-def _compile_errors(campaign: Campaign) -> dict[str, str]:
-    """Per-field template errors, each naming its line and column."""
-    allowed = allowed_placeholders(category=campaign.category or None)
-    errors: dict[str, str] = {}
-    try:
-        compile_subject(campaign.subject_template, allowed=allowed)
-    except TemplateSyntaxError as exc:
-        errors["subject_template"] = str(exc)
-    for name in ("text_template", "html_template"):
-        source = getattr(campaign, name)
-        if not source:
-            continue
-        try:
-            compile_template(source, allowed=allowed)
-        except TemplateSyntaxError as exc:
-            errors[name] = str(exc)
-    if not campaign.text_template.strip() and not campaign.html_template.strip():
-        errors["text_template"] = "A text part is required (or an HTML part to derive it from)."
-    return errors
-
-
-def template_problems(campaign: Campaign) -> list[str]:
-    """Everything that stops submit or a test send: template errors, and a message that
-    cannot be built (for announcements the builder also proves the unsubscribe link and
-    the sender's postal address are in both bodies)."""
-    problems = [
-        f"{name.replace('_', ' ')}: {error}" for name, error in _compile_errors(campaign).items()
-    ]
-    if problems:
-        return problems
-    data = {name: f"[{name}]" for name in allowed_placeholders(category=campaign.category)}
-    data.pop("unsubscribe_url", None)
-    sample = Recipient(
-        address="preflight@example.com", display_name="", data=data, delivery_id=None, user_id=None
-    )
-    try:
-        build_message(campaign, sample, send_time=timezone.now())
-    except MESSAGE_ERRORS as exc:
-        problems.append(str(exc))
-    return problems
+from .rendering import template_errors
+from .templating import html_changes
 
 
 class CampaignForm(forms.ModelForm):
@@ -90,8 +42,6 @@ class CampaignForm(forms.ModelForm):
         return name
 
     def clean_audience_addresses(self) -> str:
-        from .services import parse_address_list
-
         text: str = self.cleaned_data.get("audience_addresses", "")
         _, errors = parse_address_list(text)
         if errors:
@@ -108,7 +58,7 @@ class CampaignForm(forms.ModelForm):
             text_template=cleaned.get("text_template", ""),
             html_template=cleaned.get("html_template", ""),
         )
-        for name, error in _compile_errors(candidate).items():
+        for name, error in template_errors(candidate).items():
             if name in self.fields and name not in self.errors:
                 self.add_error(name, error)
         html = cleaned.get("html_template", "")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import redis
 from django.conf import settings
 from django.db import transaction
 
@@ -82,8 +83,6 @@ class RedisBucket(_Bucket):
     def __init__(
         self, key: str, *, url: str, rate: float, burst: int, clock: Clock = time.time
     ) -> None:
-        import redis
-
         super().__init__(key, rate=rate, burst=burst, clock=clock)
         self.client = redis.Redis.from_url(url)
         self.script = self.client.register_script(_REDIS_TAKE)

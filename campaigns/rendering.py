@@ -27,10 +27,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import html as html_lib
-import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
@@ -40,14 +39,17 @@ from urllib.parse import quote
 
 from django.conf import settings
 from django.core.mail import EmailMessage, EmailMultiAlternatives
+from django.utils import timezone
 from django.utils.encoding import punycode
 
-from accounts.models import User
-from accounts.validators import single_address_error
+from accounts.models import AudienceAttribute, User
+from accounts.validators import HEADER_CONTROL, single_address_error
 
+from .audience import recipient_data_for_user
+from .digests import content_digest
 from .models import Campaign, Delivery
 from .templating import (
-    HEADER_CONTROL,
+    CompiledTemplate,
     RenderError,
     TemplateSyntaxError,
     allowed_placeholders,
@@ -150,23 +152,6 @@ def _pin_boundaries(msg: Message, *, seed: str, contents: list[str]) -> None:
 
 
 # --- Recipients ----------------------------------------------------------------------
-
-
-def recipient_data_for_user(user: User) -> dict[str, str]:
-    """The placeholder values of one person, as frozen into Delivery.recipient_data."""
-    data: dict[str, str] = {}
-    attributes = user.attributes if isinstance(user.attributes, dict) else {}
-    for key, value in attributes.items():
-        if isinstance(key, str) and isinstance(value, str):
-            data[key] = value
-    # The account fields win over an imported attribute of the same name.
-    data.update(
-        first_name=user.first_name,
-        last_name=user.last_name,
-        email=user.email,
-        locale=user.locale,
-    )
-    return data
 
 
 def _display_name(data: Mapping[str, str]) -> str:
@@ -290,56 +275,7 @@ def format_address(name: str, address: str) -> str:
     return f"{encode_phrase(display)} <{spec}>" if display else spec
 
 
-# --- Digests -------------------------------------------------------------------------
-
-
-def _canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8"
-    )
-
-
-def content_digest(campaign: Campaign) -> str:
-    """The approval digest: sha256 over everything that shapes the campaign's messages."""
-    sender = campaign.sender
-    scheduled_at = campaign.scheduled_at
-    canonical = {
-        "version": 1,
-        "campaign_id": campaign.pk,
-        "category": campaign.category,
-        "sender": {
-            "from_name": sender.from_name,
-            "from_address": sender.from_address,
-            "reply_to": sender.reply_to,
-            "postal_address": sender.postal_address,
-            "message_id_domain": sender.message_id_domain,
-        },
-        "subject_template": campaign.subject_template,
-        "text_template": campaign.text_template,
-        "html_template": campaign.html_template,
-        "scheduled_at": scheduled_at.astimezone(UTC).isoformat() if scheduled_at else None,
-        "audience_hash": campaign.audience_hash,
-    }
-    return hashlib.sha256(_canonical_json(canonical)).hexdigest()
-
-
-def audience_hash(rows: Iterable[tuple[int, str, Mapping[str, str]]]) -> str:
-    """sha256 over (user id, lower-case address, recipient data), one line per person.
-
-    Rows must come ordered by user id (`order_by("user_id")`), one per user: the hash is
-    computed as they stream in, so 100,000 rows never sit in memory at once.
-    """
-    digest = hashlib.sha256(b"countersign.audience.v1\n")
-    previous: int | None = None
-    for user_id, address, data in rows:
-        if previous is not None and user_id <= previous:
-            raise ValueError(
-                f"audience rows must be ordered by user id, one per user ({user_id} after {previous})"
-            )
-        previous = user_id
-        digest.update(_canonical_json([user_id, address.lower(), dict(data)]))
-        digest.update(b"\n")
-    return digest.hexdigest()
+# --- Message-IDs ------------------------------------------------------------------
 
 
 def make_message_id(
@@ -353,6 +289,85 @@ def make_message_id(
         delivery_part = "dtest-" + hashlib.sha256(address_key.encode()).hexdigest()[:10]
     tail = hashlib.sha256((digest + address_key).encode()).hexdigest()[:12]
     return f"<c{campaign_id}.{delivery_part}.{tail}@{domain}>"
+
+
+# --- Templates ---------------------------------------------------------------------------
+
+
+def campaign_placeholders(category: str | None) -> frozenset[str]:
+    """What a campaign of `category` may use: the fixed names plus imported attributes."""
+    return allowed_placeholders(
+        category=category,
+        attributes=AudienceAttribute.objects.values_list("name", flat=True),
+    )
+
+
+@dataclass(frozen=True)
+class CampaignTemplates:
+    subject: CompiledTemplate
+    text: CompiledTemplate | None
+    html: CompiledTemplate | None
+
+
+def compiled_templates(campaign: Campaign) -> CampaignTemplates:
+    """The campaign's templates, compiled against its allowed placeholders.
+
+    Kept on the instance for as long as the sources and category stay the same, so a
+    batch that builds hundreds of messages for one campaign compiles (and looks up the
+    attribute names) once, while an edit of the instance is never served stale.
+    """
+    key = (
+        campaign.category,
+        campaign.subject_template,
+        campaign.text_template,
+        campaign.html_template,
+    )
+    cached = campaign.__dict__.get("_compiled_templates")
+    if cached is not None and cached[0] == key:
+        templates: CampaignTemplates = cached[1]
+        return templates
+    allowed = campaign_placeholders(campaign.category)
+    templates = CampaignTemplates(
+        subject=compile_subject(campaign.subject_template, allowed=allowed),
+        text=(
+            compile_template(campaign.text_template, allowed=allowed)
+            if campaign.text_template.strip()
+            else None
+        ),
+        html=(
+            compile_template(campaign.html_template, allowed=allowed)
+            if campaign.html_template.strip()
+            else None
+        ),
+    )
+    campaign.__dict__["_compiled_templates"] = (key, templates)
+    return templates
+
+
+def template_errors(campaign: Campaign) -> dict[str, str]:
+    """Per-field template errors, each naming its line and column."""
+    allowed = campaign_placeholders(campaign.category or None)
+    errors: dict[str, str] = {}
+    try:
+        compile_subject(campaign.subject_template, allowed=allowed)
+    except TemplateSyntaxError as exc:
+        errors["subject_template"] = str(exc)
+    for name in ("text_template", "html_template"):
+        source = getattr(campaign, name)
+        if not source:
+            continue
+        try:
+            compile_template(source, allowed=allowed)
+        except TemplateSyntaxError as exc:
+            errors[name] = str(exc)
+    if not campaign.text_template.strip() and not campaign.html_template.strip():
+        errors["text_template"] = "A text part is required (or an HTML part to derive it from)."
+    return errors
+
+
+def preview_time(campaign: Campaign) -> datetime:
+    """The send time used by previews: pinned, so the same page shows the same bytes."""
+    return campaign.submitted_at or campaign.edited_at or campaign.created_at
 
 
 # --- The builder -----------------------------------------------------------------------
@@ -463,17 +478,11 @@ def build_message(
         raise BuildError(f"The sender's Message-ID domain {domain!r} is not a domain name.")
     digest = content_digest(campaign)
 
-    allowed = allowed_placeholders(category=campaign.category)
-    subject_template = compile_subject(campaign.subject_template, allowed=allowed)
-    text_template = (
-        compile_template(campaign.text_template, allowed=allowed)
-        if campaign.text_template.strip()
-        else None
-    )
-    html_template = (
-        compile_template(campaign.html_template, allowed=allowed)
-        if campaign.html_template.strip()
-        else None
+    templates = compiled_templates(campaign)
+    subject_template, text_template, html_template = (
+        templates.subject,
+        templates.text,
+        templates.html,
     )
     if text_template is None and html_template is None:
         raise BuildError("the campaign has neither a text nor an HTML body")
@@ -545,3 +554,24 @@ def build_message(
 def render_eml(message: EmailMessage) -> bytes:
     """The raw message exactly as serialized for sending: what the outbox and preview show."""
     return message.message().as_bytes(linesep="\r\n")
+
+
+def template_problems(campaign: Campaign) -> list[str]:
+    """Everything that stops submit or a test send: template errors, and a message that
+    cannot be built (for announcements the builder also proves the unsubscribe link and
+    the sender's postal address are in both bodies)."""
+    problems = [
+        f"{name.replace('_', ' ')}: {error}" for name, error in template_errors(campaign).items()
+    ]
+    if problems:
+        return problems
+    data = {name: f"[{name}]" for name in campaign_placeholders(campaign.category)}
+    data.pop("unsubscribe_url", None)
+    sample = Recipient(
+        address="preflight@example.com", display_name="", data=data, delivery_id=None, user_id=None
+    )
+    try:
+        build_message(campaign, sample, send_time=timezone.now())
+    except MESSAGE_ERRORS as exc:
+        problems.append(str(exc))
+    return problems

@@ -22,11 +22,12 @@ from .rendering import (
     MESSAGE_ERRORS,
     CampaignMessage,
     build_message,
+    campaign_placeholders,
+    preview_time,
     recipient_for_delivery,
     render_eml,
 )
-from .services import preview_time
-from .templating import allowed_placeholders, compile_template
+from .templating import compile_template
 
 RANDOM_SAMPLES = 3
 
@@ -138,7 +139,7 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
 
 def count_missing_values(campaign: Campaign) -> dict[str, int]:
     """How many recipients lack a value for each placeholder used without a default."""
-    allowed = allowed_placeholders(category=campaign.category)
+    allowed = campaign_placeholders(campaign.category)
     required: set[str] = set()
     for source in (campaign.subject_template, campaign.text_template, campaign.html_template):
         if source:

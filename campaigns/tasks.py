@@ -6,19 +6,20 @@ because the work itself is claimed from the database with fenced updates.
 
 from __future__ import annotations
 
+import os
 import socket
+from dataclasses import asdict
 
 from celery import shared_task
+from django.db import connection
+
+from . import worker
 
 
 @shared_task(name="countersign.health_check", ignore_result=False)
 def health_check(token: str) -> dict[str, str | int]:
     """Round-trip probe: proves a worker process consumed the broker and can answer,
     and says which process and which database answered."""
-    import os
-
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return {
@@ -40,9 +41,7 @@ def health_check(token: str) -> dict[str, str | int]:
     time_limit=300,
 )
 def send_batch(campaign_id: int) -> dict[str, object]:
-    from . import sending
-
-    result = sending.send_batch(campaign_id)
+    result = worker.send_batch(campaign_id)
     if result.more_work:
         # Pull the next batch: the chain goes on while there is due work.
         send_batch.delay(campaign_id)
@@ -51,8 +50,4 @@ def send_batch(campaign_id: int) -> dict[str, object]:
 
 @shared_task(name="countersign.sweep", soft_time_limit=110, time_limit=120)
 def sweep() -> dict[str, int]:
-    from dataclasses import asdict
-
-    from . import sending
-
-    return asdict(sending.sweep())
+    return asdict(worker.sweep())

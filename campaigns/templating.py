@@ -21,23 +21,22 @@ import functools
 import html as html_lib
 import re
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
 import nh3
 
-FIXED_PLACEHOLDERS = ("first_name", "last_name", "email", "locale", "unsubscribe_url")
+from accounts.validators import ACCOUNT_FIELDS, BUILDER_FIELDS, HEADER_CONTROL
+
+# Every template may use these; imported audience attributes add to them.
+FIXED_PLACEHOLDERS = (*ACCOUNT_FIELDS, *BUILDER_FIELDS)
 
 # Placeholders whose value only exists for some categories: service notices carry no
 # unsubscribe link (they are mandatory mail), so their templates may not ask for one.
 ANNOUNCEMENT_ONLY_PLACEHOLDERS = frozenset({"unsubscribe_url"})
 
 PLACEHOLDER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-# C0, DEL, C1 and the Unicode line/paragraph separators: any of them in a header value
-# can end the header early in some parser (CR/LF injection being the famous case).
-HEADER_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _CONTROL_NAMES = {
     "\x00": "NUL",
@@ -164,19 +163,15 @@ def _value(values: Mapping[str, str], name: str) -> str | None:
     return text if text.strip() else None
 
 
-def allowed_placeholders(*, category: str | None = None) -> frozenset[str]:
-    """The fixed placeholders plus every imported audience attribute name.
+def allowed_placeholders(
+    *, category: str | None = None, attributes: Iterable[str] = ()
+) -> frozenset[str]:
+    """The fixed placeholders plus the given audience attribute names.
 
     With `category="service_notice"` the announcement-only names are left out.
     """
-    from accounts.models import AudienceAttribute
-
     names = set(FIXED_PLACEHOLDERS)
-    names.update(
-        name
-        for name in AudienceAttribute.objects.values_list("name", flat=True)
-        if PLACEHOLDER_NAME.fullmatch(name)
-    )
+    names.update(name for name in attributes if PLACEHOLDER_NAME.fullmatch(name))
     if category is not None and category != "announcement":
         names -= ANNOUNCEMENT_ONLY_PLACEHOLDERS
     return frozenset(names)

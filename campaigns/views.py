@@ -7,6 +7,8 @@ messages.
 
 from __future__ import annotations
 
+import email
+import email.policy
 from collections.abc import Callable
 from typing import Any
 
@@ -24,16 +26,20 @@ from django.http import (
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.importer import check_attribute_name
 from accounts.models import User
 from audit.chain import record_audit
 
-from . import sending, services
+from . import services
+from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
-from .rendering import build_message, recipient_for_delivery, render_eml
+from .permissions import can_decide
+from .rendering import build_message, preview_time, recipient_for_delivery, render_eml
+from .review import build_review
 
 
 def _user(request: HttpRequest) -> User:
@@ -85,8 +91,6 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
-    from .review import build_review
-
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     if not campaign.frozen_digest:
         messages.info(request, "Nothing to review: the campaign has not been submitted.")
@@ -101,8 +105,7 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         "review": result,
         "digest": campaign.frozen_digest,
         "recipients": recipients,
-        "can_decide": campaign.status == Campaign.Status.IN_REVIEW
-        and services.can_decide(user, campaign),
+        "can_decide": campaign.status == Campaign.Status.IN_REVIEW and can_decide(user, campaign),
         "is_reviewer": user.has_role_perm("campaigns.approve_campaign"),
         "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
     }
@@ -161,7 +164,7 @@ def _preview_delivery(
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     delivery = get_object_or_404(Delivery, pk=delivery_id, campaign=campaign)
     message = build_message(
-        campaign, recipient_for_delivery(delivery), send_time=services.preview_time(campaign)
+        campaign, recipient_for_delivery(delivery), send_time=preview_time(campaign)
     )
     return campaign, delivery, render_eml(message)
 
@@ -184,9 +187,6 @@ def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpRespons
     a CSP that forbids scripts, plugins, forms and every fetch but inline styles and images,
     and the `sandbox` directive, so even a sanitizer miss runs nothing.
     """
-    import email
-    import email.policy
-
     _, _, raw = _preview_delivery(request, pk, delivery_id)
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     part = parsed.get_body(preferencelist=("html",))
@@ -208,9 +208,7 @@ def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpRespons
 def recipients_csv(request: HttpRequest, pk: int) -> HttpResponseBase:
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     record_audit("campaign.recipients_downloaded", actor=user, obj=campaign)
-    response = StreamingHttpResponse(
-        services.recipients_csv_rows(campaign), content_type="text/csv"
-    )
+    response = StreamingHttpResponse(recipients_csv_rows(campaign), content_type="text/csv")
     response["Content-Disposition"] = (
         f'attachment; filename="campaign-{campaign.pk}-recipients.csv"'
     )
@@ -220,8 +218,6 @@ def recipients_csv(request: HttpRequest, pk: int) -> HttpResponseBase:
 @require_GET
 def audience_count(request: HttpRequest) -> JsonResponse:
     """Live recipient count for the compose screen, from the filters being edited."""
-    from django.utils.dateparse import parse_datetime
-
     user = _user(request)
     if not (
         user.has_role_perm("campaigns.add_campaign")
@@ -250,7 +246,7 @@ def audience_count(request: HttpRequest) -> JsonResponse:
     )
     if problem:
         return JsonResponse({"error": f"attribute name {problem}"}, status=400)
-    summary = services.count_audience(draft)
+    summary = count_audience(draft)
     return JsonResponse(
         {
             "recipients": summary.recipients,
@@ -271,7 +267,7 @@ def pause(request: HttpRequest, pk: int) -> HttpResponse:
     return _transition(
         request,
         campaign,
-        lambda: sending.pause_campaign(campaign, by=user, reason=reason),
+        lambda: services.pause_campaign(campaign, by=user, reason=reason),
         "Paused. Workers stop before their next message.",
     )
 
@@ -280,7 +276,7 @@ def pause(request: HttpRequest, pk: int) -> HttpResponse:
 def resume(request: HttpRequest, pk: int) -> HttpResponse:
     campaign, user = campaign_for(request, pk, "campaigns.operate_campaign")
     return _transition(
-        request, campaign, lambda: sending.resume_campaign(campaign, by=user), "Resumed."
+        request, campaign, lambda: services.resume_campaign(campaign, by=user), "Resumed."
     )
 
 
@@ -290,7 +286,7 @@ def cancel(request: HttpRequest, pk: int) -> HttpResponse:
     return _transition(
         request,
         campaign,
-        lambda: sending.cancel_campaign(campaign, by=user),
+        lambda: services.cancel_campaign(campaign, by=user),
         "Cancelled. Nothing more will be sent; what was sent stays recorded.",
     )
 
@@ -305,7 +301,7 @@ def _resolve(request: HttpRequest, pk: int, *, resend: bool) -> HttpResponse:
     done = 0
     for delivery in Delivery.objects.filter(campaign=campaign, pk__in=ids):
         try:
-            sending.resolve_unknown(delivery, by=user, resend=resend)
+            services.resolve_unknown(delivery, by=user, resend=resend)
             done += 1
         except TransitionError as exc:
             messages.error(request, str(exc))
@@ -332,7 +328,7 @@ def emergency_stop(request: HttpRequest, site_context: dict[str, Any]) -> HttpRe
     if request.method == "POST":
         halt = request.POST.get("action") == "halt"
         try:
-            sending.set_emergency_stop(
+            services.set_emergency_stop(
                 by=user, halted=halt, reason=request.POST.get("reason", "").strip()
             )
         except TransitionError as exc:

@@ -5,6 +5,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views.decorators.http import require_GET
 
+from campaigns import views as campaign_views
+
 
 @require_GET
 def healthz(request: HttpRequest) -> HttpResponse:
@@ -13,9 +15,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
 
 
 def emergency_stop(request: HttpRequest) -> HttpResponse:
-    from campaigns.views import emergency_stop as view
-
-    return view(request, admin.site.each_context(request))
+    return campaign_views.emergency_stop(request, admin.site.each_context(request))
 
 
 urlpatterns = [

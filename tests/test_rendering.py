@@ -20,15 +20,14 @@ import pytest
 from django.core import signing
 
 from accounts.models import AudienceAttribute, User
+from campaigns.audience import recipient_data_for_user
+from campaigns.digests import audience_hash, content_digest
 from campaigns.models import Campaign, Delivery, SenderIdentity
 from campaigns.rendering import (
     BuildError,
     CampaignMessage,
     Recipient,
-    audience_hash,
     build_message,
-    content_digest,
-    recipient_data_for_user,
     recipient_for_delivery,
     recipient_for_test,
     render_eml,

@@ -17,7 +17,16 @@ from django.urls import reverse
 from accounts.models import User
 from audit.models import AuditEvent
 from campaigns import services
-from campaigns.models import Approval, Campaign, Delivery, StaleDigest, TwoPersonRuleViolation
+from campaigns.audience import count_audience
+from campaigns.models import (
+    Approval,
+    Campaign,
+    Delivery,
+    IllegalTransition,
+    StaleDigest,
+    TwoPersonRuleViolation,
+)
+from campaigns.rendering import preview_time
 from tests.conftest import DEMO_PASSWORD, make_staff
 from tests.factories import make_campaign
 
@@ -115,7 +124,7 @@ def test_template_errors_are_refused_on_save_with_their_position(olivia: User) -
 
 def test_empty_audience_cannot_be_submitted(olivia: User) -> None:
     campaign = make_campaign(olivia)
-    with pytest.raises(services.IllegalTransition, match="audience is empty"):
+    with pytest.raises(IllegalTransition, match="audience is empty"):
         services.submit_for_review(campaign, by=olivia)
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.DRAFT
@@ -125,15 +134,15 @@ def test_audience_filters_narrow_recipients(olivia: User, audience: list[User]) 
     audience[0].attributes = {"plan": "pro"}
     audience[0].save()
     by_locale = make_campaign(olivia, audience_locale="de")
-    assert services.count_audience(by_locale).recipients == 1
+    assert count_audience(by_locale).recipients == 1
     by_attribute = make_campaign(
         olivia, name="b", audience_attribute_name="plan", audience_attribute_value="pro"
     )
-    assert services.count_audience(by_attribute).recipients == 1
+    assert count_audience(by_attribute).recipients == 1
     by_list = make_campaign(
         olivia, name="c", audience_addresses="ANN@example.org\nnobody@example.org\n"
     )
-    summary = services.count_audience(by_list)
+    summary = count_audience(by_list)
     assert (summary.recipients, summary.unmatched_list_addresses) == (1, 1)
 
 
@@ -480,9 +489,7 @@ def test_test_send_equals_the_preview_except_recipient_derived_headers(
     rita.first_name, rita.last_name, rita.locale = "Ann", "Lee", "en"
     rita.save()
     preview = render_eml(
-        build_message(
-            campaign, recipient_for_delivery(delivery), send_time=services.preview_time(campaign)
-        )
+        build_message(campaign, recipient_for_delivery(delivery), send_time=preview_time(campaign))
     )
     test = render_eml(
         build_message(
@@ -554,7 +561,7 @@ def test_every_seeded_delivery_parses_to_exactly_its_own_recipient() -> None:
     assert len(deliveries) == campaign.recipient_count >= 1000
     everyone = {d.address.lower() for d in deliveries}
     address_like = re.compile(r"[\w.'+-]+@[\w-]+(?:\.[\w-]+)+")
-    send_time = services.preview_time(campaign)
+    send_time = preview_time(campaign)
     recipient_headers = ("To", "Cc", "Bcc", "Resent-To", "Resent-Cc", "Resent-Bcc")
     for delivery in deliveries:
         raw = render_eml(

@@ -21,7 +21,8 @@ from accounts.management.commands.seed_demo import (
 from accounts.models import AudienceAttribute, User
 from audit.models import AuditEvent
 from campaigns.models import Campaign, SenderIdentity
-from campaigns.templating import allowed_placeholders, compile_subject, compile_template
+from campaigns.rendering import campaign_placeholders
+from campaigns.templating import compile_subject, compile_template
 
 pytestmark = pytest.mark.django_db
 
@@ -177,7 +178,7 @@ def test_sender_and_draft_campaign_are_seeded() -> None:
 def test_seeded_draft_uses_only_known_placeholders_and_renders_for_everyone() -> None:
     seed()
     campaign = Campaign.objects.get(name=CAMPAIGN_NAME)
-    allowed = allowed_placeholders(category=campaign.category)
+    allowed = campaign_placeholders(campaign.category)
     subject = compile_subject(campaign.subject_template, allowed=allowed)
     text = compile_template(campaign.text_template, allowed=allowed)
     compile_template(campaign.html_template, allowed=allowed)

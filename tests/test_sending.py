@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from audit.models import AuditEvent
-from campaigns import sending, services
-from campaigns.models import Campaign, Delivery, SendingSwitch, Suppression
+from campaigns import services, worker
+from campaigns.models import Campaign, Delivery, IllegalTransition, SendingSwitch, Suppression
+from campaigns.permissions import PermissionRefused
 from campaigns.ratelimit import DatabaseBucket, RedisBucket
 from campaigns.suppressions import add_suppression
 from tests.conftest import make_staff
@@ -53,7 +54,7 @@ def approved(author: User, reviewer: User, **fields: Any) -> Campaign:
 
 
 def statuses(campaign: Campaign) -> dict[str, int]:
-    return sending.delivery_summary(campaign.pk)
+    return worker.delivery_summary(campaign.pk)
 
 
 class ScriptedTransport(BaseEmailBackend):
@@ -99,7 +100,7 @@ def test_batch_sends_one_message_per_recipient(
 ) -> None:
     campaign = approved(olivia, rita)
     mail.outbox.clear()
-    result = sending.send_batch(campaign.pk, limit=100)
+    result = worker.send_batch(campaign.pk, limit=100)
     assert result.sent == len(members)
     assert len(mail.outbox) == len(members)
     seen = []
@@ -123,8 +124,8 @@ def test_scheduled_campaign_waits_for_the_poller(
     later = timezone.now() + timedelta(hours=1)
     campaign = approved(olivia, rita, scheduled_at=later)
     assert campaign.status == Campaign.Status.APPROVED
-    assert sending.launch_scheduled(now=timezone.now()) == 0
-    assert sending.launch_scheduled(now=later + timedelta(seconds=1)) == 1
+    assert worker.launch_scheduled(now=timezone.now()) == 0
+    assert worker.launch_scheduled(now=later + timedelta(seconds=1)) == 1
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.SENDING
 
@@ -134,17 +135,17 @@ def test_scheduled_campaign_waits_for_the_poller(
 
 def test_claims_are_disjoint(olivia: User, rita: User, members: list[User]) -> None:
     campaign = approved(olivia, rita)
-    _, first = sending.claim_deliveries(campaign.pk, limit=3)
-    _, second = sending.claim_deliveries(campaign.pk, limit=3)
+    _, first = worker.claim_deliveries(campaign.pk, limit=3)
+    _, second = worker.claim_deliveries(campaign.pk, limit=3)
     assert len(first) == 3 and len(second) == 2
     assert not set(first) & set(second)
 
 
 def test_fenced_update_refuses_a_stale_claim(olivia: User, rita: User, members: list[User]) -> None:
     campaign = approved(olivia, rita)
-    token, ids = sending.claim_deliveries(campaign.pk, limit=1)
-    assert sending.release_claims(token) == 1
-    assert not sending._fenced(ids[0], token, Delivery.Status.CLAIMED, status=Delivery.Status.SENT)
+    token, ids = worker.claim_deliveries(campaign.pk, limit=1)
+    assert worker.release_claims(token) == 1
+    assert not worker._fenced(ids[0], token, Delivery.Status.CLAIMED, status=Delivery.Status.SENT)
     assert Delivery.objects.get(pk=ids[0]).status == Delivery.Status.PENDING
 
 
@@ -181,14 +182,14 @@ def test_send_failures_land_in_the_right_state(
     make_member("only@example.org", first_name="Only")
     campaign = approved(olivia, rita)
     scripted.script = [error]
-    sending.send_batch(campaign.pk)
+    worker.send_batch(campaign.pk)
     delivery = Delivery.objects.get(campaign=campaign)
     assert delivery.status == expected
     assert delivery.attempts == 1 and delivery.last_error
     if expected == Delivery.Status.RETRY_WAIT:
         assert delivery.next_attempt_at is not None
         wait = (delivery.next_attempt_at - timezone.now()).total_seconds()
-        assert 0 < wait <= sending.BACKOFF_BASE_SECONDS * 1.5 + 1
+        assert 0 < wait <= worker.BACKOFF_BASE_SECONDS * 1.5 + 1
     if expected == Delivery.Status.FAILED and isinstance(error, smtplib.SMTPRecipientsRefused):
         assert Suppression.objects.filter(address="only@example.org", reason="hard_bounce").exists()
 
@@ -199,15 +200,15 @@ def test_retry_follows_the_rows_backoff_and_then_sends(
     make_member("later@example.org")
     campaign = approved(olivia, rita)
     scripted.script = [ConnectionRefusedError("down")]
-    sending.send_batch(campaign.pk)
+    worker.send_batch(campaign.pk)
     delivery = Delivery.objects.get(campaign=campaign)
     assert delivery.status == Delivery.Status.RETRY_WAIT
     # Not due yet: nothing is claimed.
-    assert sending.send_batch(campaign.pk).claimed == 0
+    assert worker.send_batch(campaign.pk).claimed == 0
     Delivery.objects.filter(pk=delivery.pk).update(
         next_attempt_at=timezone.now() - timedelta(seconds=1)
     )
-    sending.send_batch(campaign.pk)
+    worker.send_batch(campaign.pk)
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.SENT and delivery.attempts == 2
     assert len(scripted.sent) == 1
@@ -217,7 +218,7 @@ def test_backoff_grows_and_is_jittered() -> None:
     import random
 
     rng = random.Random(7)
-    waits = [sending.backoff_seconds(n, rng) for n in range(1, 8)]
+    waits = [worker.backoff_seconds(n, rng) for n in range(1, 8)]
     assert all(
         0.5 * 30 * 2 ** (n - 1) <= w <= 1.5 * min(3600, 30 * 2 ** (n - 1))
         for n, w in enumerate(waits, 1)
@@ -231,7 +232,7 @@ def test_missing_placeholder_fails_that_delivery_only(
     make_member("named@example.org", first_name="Named")
     make_member("nameless@example.org", first_name="")
     campaign = approved(olivia, rita, subject_template="Hello {{ first_name }}")
-    sending.send_batch(campaign.pk)
+    worker.send_batch(campaign.pk)
     by_address = {d.address: d for d in Delivery.objects.filter(campaign=campaign)}
     assert by_address["named@example.org"].status == Delivery.Status.SENT
     assert by_address["nameless@example.org"].status == Delivery.Status.FAILED
@@ -246,7 +247,7 @@ def test_suppressed_after_approval_is_skipped(
 ) -> None:
     campaign = approved(olivia, rita)
     add_suppression(members[0].email, Suppression.Reason.COMPLAINT, source="test")
-    sending.send_batch(campaign.pk, limit=100)
+    worker.send_batch(campaign.pk, limit=100)
     skipped = Delivery.objects.get(campaign=campaign, address=members[0].email)
     assert skipped.status == Delivery.Status.SKIPPED
     assert members[0].email not in [m.to[0] for m in mail.outbox]
@@ -258,7 +259,7 @@ def test_unsubscribed_user_still_gets_a_service_notice(
     member = make_member("gone@example.org")
     add_suppression(member.email, Suppression.Reason.UNSUBSCRIBED, source="test")
     announcement = make_campaign(olivia, name="News")
-    with pytest.raises(services.IllegalTransition, match="empty"):
+    with pytest.raises(IllegalTransition, match="empty"):
         services.submit_for_review(announcement, by=olivia)
     notice = approved(
         olivia,
@@ -269,7 +270,7 @@ def test_unsubscribed_user_still_gets_a_service_notice(
         text_template="Please review your account.",
         html_template="",
     )
-    sending.send_batch(notice.pk)
+    worker.send_batch(notice.pk)
     assert Delivery.objects.get(campaign=notice).status == Delivery.Status.SENT
 
 
@@ -293,22 +294,22 @@ def test_pause_stops_before_the_next_message_and_resume_continues(
     campaign = approved(olivia, rita)
     settings.EMAIL_TRANSPORT = "tests.test_sending.PausingTransport"
     mail.outbox.clear()
-    result = sending.send_batch(campaign.pk, limit=100)
+    result = worker.send_batch(campaign.pk, limit=100)
     assert result.sent == 1 and result.stopped == "paused"
     assert len(mail.outbox) == 1
     assert statuses(campaign) == {"sent": 1, "pending": len(members) - 1}
     settings.EMAIL_TRANSPORT = "django.core.mail.backends.locmem.EmailBackend"
-    sending.resume_campaign(campaign, by=rita)
-    sending.send_batch(campaign.pk, limit=100)
+    services.resume_campaign(campaign, by=rita)
+    worker.send_batch(campaign.pk, limit=100)
     assert statuses(campaign) == {"sent": len(members)}
     assert len(mail.outbox) == len(members)
 
 
 def test_cancel_skips_the_rest(olivia: User, oscar: User, rita: User, members: list[User]) -> None:
     campaign = approved(olivia, rita)
-    sending.send_batch(campaign.pk, limit=2)
-    sending.cancel_campaign(campaign, by=oscar)
-    assert sending.send_batch(campaign.pk).claimed == 0
+    worker.send_batch(campaign.pk, limit=2)
+    services.cancel_campaign(campaign, by=oscar)
+    assert worker.send_batch(campaign.pk).claimed == 0
     assert statuses(campaign) == {"sent": 2, "skipped": len(members) - 2}
     assert AuditEvent.objects.filter(action="campaign.cancelled").exists()
 
@@ -316,19 +317,19 @@ def test_cancel_skips_the_rest(olivia: User, oscar: User, rita: User, members: l
 def test_emergency_stop_halts_every_campaign(olivia: User, rita: User, members: list[User]) -> None:
     first = approved(olivia, rita)
     second = approved(olivia, rita, name="Second")
-    sending.set_emergency_stop(by=rita, halted=True, reason="drill")
+    services.set_emergency_stop(by=rita, halted=True, reason="drill")
     mail.outbox.clear()
-    assert sending.send_batch(first.pk).stopped and sending.send_batch(second.pk).stopped
+    assert worker.send_batch(first.pk).stopped and worker.send_batch(second.pk).stopped
     assert not mail.outbox
-    sending.set_emergency_stop(by=rita, halted=False)
+    services.set_emergency_stop(by=rita, halted=False)
     assert not SendingSwitch.is_halted()
-    sending.send_batch(first.pk, limit=100)
+    worker.send_batch(first.pk, limit=100)
     assert statuses(first) == {"sent": len(members)}
 
 
 def test_ops_cannot_use_the_emergency_stop_or_resolve_unknown(olivia: User, oscar: User) -> None:
-    with pytest.raises(services.PermissionRefused):
-        sending.set_emergency_stop(by=oscar, halted=True)
+    with pytest.raises(PermissionRefused):
+        services.set_emergency_stop(by=oscar, halted=True)
     assert not SendingSwitch.is_halted()
 
 
@@ -370,19 +371,19 @@ def test_unknown_waits_for_an_audited_decision(
     make_member("b@example.org")
     campaign = approved(olivia, rita)
     scripted.script = [TimeoutError("read timed out"), TimeoutError("read timed out")]
-    sending.send_batch(campaign.pk)
+    worker.send_batch(campaign.pk)
     assert statuses(campaign) == {"unknown": 2}
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.SENT  # nothing open; the page shows the unknowns
     # The sweeper never resends on its own.
-    sending.sweep(now=timezone.now() + timedelta(days=1))
+    worker.sweep(now=timezone.now() + timedelta(days=1))
     assert statuses(campaign) == {"unknown": 2}
     a, b = Delivery.objects.filter(campaign=campaign).order_by("address")
-    with pytest.raises(services.PermissionRefused):
-        sending.resolve_unknown(a, by=olivia, resend=True)
-    sending.resolve_unknown(a, by=rita, resend=True)
-    sending.resolve_unknown(b, by=rita, resend=False)
-    sending.send_batch(campaign.pk)
+    with pytest.raises(PermissionRefused):
+        services.resolve_unknown(a, by=olivia, resend=True)
+    services.resolve_unknown(a, by=rita, resend=True)
+    services.resolve_unknown(b, by=rita, resend=False)
+    worker.send_batch(campaign.pk)
     assert statuses(campaign) == {"sent": 2}
     assert len(scripted.sent) == 1
     assert AuditEvent.objects.filter(action="delivery.resend").count() == 1
@@ -396,11 +397,11 @@ def test_sweeper_reclaims_expired_claims_and_flags_expired_sends(
     olivia: User, rita: User, members: list[User], django_capture_on_commit_callbacks: Any
 ) -> None:
     campaign = approved(olivia, rita)
-    token, ids = sending.claim_deliveries(campaign.pk, limit=2)
+    token, ids = worker.claim_deliveries(campaign.pk, limit=2)
     Delivery.objects.filter(pk=ids[1]).update(status=Delivery.Status.SENDING)
     later = timezone.now() + timedelta(seconds=10_000)
     with django_capture_on_commit_callbacks() as callbacks:
-        result = sending.sweep(now=later)
+        result = worker.sweep(now=later)
     assert (result.reclaimed, result.unknown) == (1, 1)
     assert Delivery.objects.get(pk=ids[0]).status == Delivery.Status.PENDING
     assert Delivery.objects.get(pk=ids[1]).status == Delivery.Status.UNKNOWN
@@ -415,7 +416,7 @@ def test_digest_mismatch_pauses_before_sending(
     # A change that bypassed the edit service (a bug, a raw query): the worker refuses it.
     Campaign.objects.filter(pk=campaign.pk).update(subject_template="Changed behind our back")
     mail.outbox.clear()
-    result = sending.send_batch(campaign.pk)
+    result = worker.send_batch(campaign.pk)
     assert result.stopped == "digest mismatch" and not mail.outbox
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.PAUSED and "digest" in campaign.pause_reason
@@ -481,10 +482,10 @@ def test_sweeper_settles_an_unknown_delivery_from_a_provider_event(
     make_member("maybe@example.org")
     campaign = approved(olivia, rita)
     scripted.script = [TimeoutError("read timed out")]
-    sending.send_batch(campaign.pk)
+    worker.send_batch(campaign.pk)
     delivery = Delivery.objects.get(campaign=campaign)
     assert delivery.status == Delivery.Status.UNKNOWN
-    assert sending.sweep().settled == 0  # no evidence yet: it stays unknown
+    assert worker.sweep().settled == 0  # no evidence yet: it stays unknown
     ProviderEvent.objects.create(
         provider="postmark",
         event_id="evt-1",
@@ -492,7 +493,7 @@ def test_sweeper_settles_an_unknown_delivery_from_a_provider_event(
         delivery=delivery,
         recipient=delivery.address,
     )
-    assert sending.sweep().settled == 1
+    assert worker.sweep().settled == 1
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.DELIVERED
     assert AuditEvent.objects.filter(action="delivery.settled", object_id=str(delivery.pk)).exists()
@@ -507,7 +508,7 @@ def test_provider_reporting_other_recipients_records_sent_and_pauses(
     make_member("second@example.org")
     campaign = approved(olivia, rita)
     scripted.script = [GuardViolation("post-send", "provider reported 2 recipients", sent=True)]
-    result = sending.send_batch(campaign.pk)
+    result = worker.send_batch(campaign.pk)
     assert result.stopped == "paused"
     first, second = Delivery.objects.filter(campaign=campaign).order_by("id")
     # It left: recorded as sent, with the reason; nothing more goes out.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from accounts.models import AudienceAttribute
+from campaigns.rendering import campaign_placeholders
 from campaigns.templating import (
     FIXED_PLACEHOLDERS,
     MissingPlaceholder,
@@ -201,14 +202,18 @@ def test_rendered_header_value_with_a_control_character_is_refused() -> None:
     assert "carriage return" in str(info.value)
 
 
-def test_allowed_placeholders_are_the_fixed_names_plus_imported_attributes(db: None) -> None:
-    AudienceAttribute.objects.create(name="plan")
-    AudienceAttribute.objects.create(name="not a name")
-    names = allowed_placeholders()
+def test_allowed_placeholders_are_the_fixed_names_plus_valid_attribute_names() -> None:
+    names = allowed_placeholders(attributes=["plan", "not a name"])
     assert names == set(FIXED_PLACEHOLDERS) | {"plan"}
-    notice_names = allowed_placeholders(category="service_notice")
+    notice_names = allowed_placeholders(category="service_notice", attributes=["plan"])
     assert "unsubscribe_url" not in notice_names
     assert "plan" in notice_names
+
+
+def test_a_campaigns_placeholders_include_every_imported_attribute(db: None) -> None:
+    AudienceAttribute.objects.create(name="plan")
+    assert campaign_placeholders("announcement") == set(FIXED_PLACEHOLDERS) | {"plan"}
+    assert "unsubscribe_url" not in campaign_placeholders("service_notice")
 
 
 # --- HTML ------------------------------------------------------------------------------------

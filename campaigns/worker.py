@@ -21,23 +21,28 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+import requests
+from anymail.exceptions import AnymailRecipientsRefused, AnymailRequestsAPIError
+from celery import current_app
 from django.conf import settings
 from django.core.mail import get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from accounts.models import User
 from audit.chain import record_audit
 
+from .digests import content_digest
 from .guard.layers import preflight
 from .guard.vocabulary import GuardViolation
-from .models import Campaign, Delivery, IllegalTransition, SendingSwitch, Suppression
+from .models import Campaign, Delivery, ProviderEvent, SendingSwitch, Suppression
 from .ratelimit import shared_limiter
-from .rendering import MESSAGE_ERRORS, build_message, content_digest, recipient_for_delivery
+from .rendering import MESSAGE_ERRORS, build_message, recipient_for_delivery
 from .suppressions import add_suppression, is_suppressed
+from .transitions import transition_if
 
 logger = logging.getLogger(__name__)
 
@@ -61,29 +66,29 @@ def launch_if_due(
     now = now or timezone.now()
     if campaign.scheduled_at is not None and campaign.scheduled_at > now:
         return False
-    updated = Campaign.objects.filter(pk=campaign.pk, status=Campaign.Status.APPROVED).update(
-        status=Campaign.Status.SENDING, sending_started_at=now
-    )
-    if updated != 1:
+    if not transition_if(
+        campaign.pk,
+        "start",
+        by=by,
+        data={"scheduled_at": campaign.scheduled_at},
+        sending_started_at=now,
+    ):
         return False
     campaign.status = Campaign.Status.SENDING
     campaign.sending_started_at = now
-    record_audit(
-        "campaign.sending_started",
-        actor=by,
-        obj=campaign,
-        data={"scheduled_at": campaign.scheduled_at},
-    )
     dispatch_on_commit(campaign.pk)
     return True
 
 
-def dispatch_on_commit(campaign_id: int) -> None:
-    from .tasks import send_batch
+# The task is named, not imported: tasks.py sits above this module and calls into it.
+SEND_BATCH_TASK = "countersign.send_batch"
 
+
+def dispatch_on_commit(campaign_id: int) -> None:
+    """After the current transaction commits, tell the workers there is work to pull."""
     parallel = max(1, int(getattr(settings, "SEND_PARALLEL_BATCHES", 2)))
     for _ in range(parallel):
-        transaction.on_commit(partial(send_batch.delay, campaign_id))
+        transaction.on_commit(partial(current_app.send_task, SEND_BATCH_TASK, args=[campaign_id]))
 
 
 def launch_scheduled(now: datetime | None = None) -> int:
@@ -182,9 +187,6 @@ def classify_failure(exc: BaseException) -> Outcome:
     if isinstance(exc, GuardViolation):
         return Outcome(Delivery.Status.BLOCKED, text)
 
-    import requests
-    from anymail.exceptions import AnymailRecipientsRefused, AnymailRequestsAPIError
-
     if isinstance(exc, AnymailRecipientsRefused):
         return Outcome(Delivery.Status.FAILED, text, Suppression.Reason.HARD_BOUNCE)
     if isinstance(exc, AnymailRequestsAPIError):
@@ -261,21 +263,12 @@ def _record_outcome(delivery: Delivery, token: uuid.UUID, outcome: Outcome, now:
 
 
 def pause_for_guard(campaign_id: int, violation: GuardViolation, delivery_id: int | None) -> None:
-    reason = f"guard ({violation.layer}): {violation.reason}"
-    with transaction.atomic():
-        count = Campaign.objects.filter(
-            pk=campaign_id, status__in=[Campaign.Status.SENDING, Campaign.Status.APPROVED]
-        ).update(status=Campaign.Status.PAUSED, paused_at=timezone.now(), pause_reason=reason)
-        if count:
-            record_audit(
-                "campaign.paused_by_guard",
-                obj=Campaign(pk=campaign_id),
-                data={
-                    "layer": violation.layer,
-                    "reason": violation.reason,
-                    "delivery_id": delivery_id,
-                },
-            )
+    transition_if(
+        campaign_id,
+        "guard_pause",
+        data={"layer": violation.layer, "reason": violation.reason, "delivery_id": delivery_id},
+        pause_reason=f"guard ({violation.layer}): {violation.reason}",
+    )
 
 
 # --- The batch --------------------------------------------------------------------------------
@@ -468,20 +461,11 @@ def complete_if_done(campaign_id: int) -> bool:
     """`sending` -> `sent` once no delivery is pending, claimed, sending or waiting to retry."""
     if Delivery.objects.filter(campaign_id=campaign_id, status__in=Delivery.OPEN_STATUSES).exists():
         return False
-    with transaction.atomic():
-        count = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
-            status=Campaign.Status.SENT, completed_at=timezone.now()
-        )
-        if count:
-            record_audit(
-                "campaign.sent", obj=Campaign(pk=campaign_id), data=delivery_summary(campaign_id)
-            )
-    return bool(count)
+    return transition_if(campaign_id, "complete", data=delivery_summary(campaign_id))
 
 
 def delivery_summary(campaign_id: int) -> dict[str, int]:
-    from django.db.models import Count
-
+    """How many deliveries of the campaign are in each status (absent: none)."""
     rows = (
         Delivery.objects.filter(campaign_id=campaign_id)
         .values_list("status")
@@ -560,8 +544,6 @@ def sweep(now: datetime | None = None) -> SweepResult:
 
 def settle_unknown_from_events() -> int:
     """An `unknown` delivery the provider later reports on was, in fact, accepted."""
-    from .models import ProviderEvent
-
     settled = 0
     unknown = Delivery.objects.filter(status=Delivery.Status.UNKNOWN).exclude(message_id="")
     for delivery in unknown.iterator(chunk_size=500):
@@ -592,137 +574,3 @@ def settle_unknown_from_events() -> int:
                     data={"event": event.event_id, "status": new_status},
                 )
     return settled
-
-
-# --- Operator controls ------------------------------------------------------------------------
-
-
-def _require(user: User, perm: str, action: str) -> None:
-    from .services import require_role
-
-    require_role(user, perm, action)
-
-
-def pause_campaign(campaign: Campaign, *, by: User, reason: str = "") -> Campaign:
-    _require(by, "campaigns.operate_campaign", "pause sending")
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        campaign.require_status(Campaign.Status.APPROVED, Campaign.Status.SENDING)
-        campaign.status = Campaign.Status.PAUSED
-        campaign.paused_by, campaign.paused_at = by, timezone.now()
-        campaign.pause_reason = reason or f"paused by {by}"
-        campaign.save(update_fields=["status", "paused_by", "paused_at", "pause_reason"])
-        record_audit(
-            "campaign.paused", actor=by, obj=campaign, data={"reason": campaign.pause_reason}
-        )
-    return campaign
-
-
-def resume_campaign(campaign: Campaign, *, by: User) -> Campaign:
-    _require(by, "campaigns.operate_campaign", "resume sending")
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        campaign.require_status(Campaign.Status.PAUSED)
-        if content_digest(campaign) != campaign.approved_digest:
-            raise IllegalTransition(
-                "The content no longer matches the approved digest; it must be reviewed again."
-            )
-        campaign.status = Campaign.Status.SENDING
-        campaign.resumed_by, campaign.resumed_at = by, timezone.now()
-        campaign.pause_reason = ""
-        if campaign.sending_started_at is None:
-            campaign.sending_started_at = timezone.now()
-        campaign.save(
-            update_fields=[
-                "status",
-                "resumed_by",
-                "resumed_at",
-                "pause_reason",
-                "sending_started_at",
-            ]
-        )
-        record_audit("campaign.resumed", actor=by, obj=campaign)
-        dispatch_on_commit(campaign.pk)
-    return campaign
-
-
-def cancel_campaign(campaign: Campaign, *, by: User) -> Campaign:
-    _require(by, "campaigns.operate_campaign", "cancel campaigns")
-    with transaction.atomic():
-        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        campaign.require_status(
-            Campaign.Status.DRAFT,
-            Campaign.Status.IN_REVIEW,
-            Campaign.Status.APPROVED,
-            Campaign.Status.SENDING,
-            Campaign.Status.PAUSED,
-        )
-        campaign.status = Campaign.Status.CANCELLED
-        campaign.cancelled_by, campaign.cancelled_at = by, timezone.now()
-        campaign.save(update_fields=["status", "cancelled_by", "cancelled_at"])
-        skipped = Delivery.objects.filter(
-            campaign=campaign, status__in=[Delivery.Status.PENDING, Delivery.Status.RETRY_WAIT]
-        ).update(
-            status=Delivery.Status.SKIPPED,
-            last_error="campaign cancelled",
-            updated_at=timezone.now(),
-        )
-        record_audit("campaign.cancelled", actor=by, obj=campaign, data={"skipped": skipped})
-    return campaign
-
-
-def resolve_unknown(delivery: Delivery, *, by: User, resend: bool) -> Delivery:
-    """An operator's decision on an `unknown` delivery: send again, or accept it as sent."""
-    _require(by, "campaigns.resolve_delivery", "resolve unknown deliveries")
-    with transaction.atomic():
-        delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
-        if delivery.status != Delivery.Status.UNKNOWN:
-            raise IllegalTransition(
-                f"{delivery.address} is {delivery.get_status_display().lower()}, not unknown."
-            )
-        new_status = Delivery.Status.PENDING if resend else Delivery.Status.SENT
-        Delivery.objects.filter(pk=delivery.pk).update(
-            status=new_status,
-            claim_token=None,
-            lease_expires_at=None,
-            updated_at=timezone.now(),
-            last_error=f"{'resend' if resend else 'marked sent'} by {by}",
-        )
-        record_audit(
-            "delivery.resend" if resend else "delivery.marked_sent",
-            actor=by,
-            obj=delivery,
-            data={"campaign_id": delivery.campaign_id, "address": delivery.address},
-        )
-        if resend:
-            Campaign.objects.filter(pk=delivery.campaign_id, status=Campaign.Status.SENT).update(
-                status=Campaign.Status.SENDING, completed_at=None
-            )
-            dispatch_on_commit(delivery.campaign_id)
-        else:
-            transaction.on_commit(partial(complete_if_done, delivery.campaign_id))
-    delivery.refresh_from_db()
-    return delivery
-
-
-def set_emergency_stop(*, by: User, halted: bool, reason: str = "") -> SendingSwitch:
-    _require(by, "campaigns.emergency_stop", "use the emergency stop")
-    with transaction.atomic():
-        switch = SendingSwitch.get()
-        switch = SendingSwitch.objects.select_for_update().get(pk=switch.pk)
-        switch.halted = halted
-        switch.changed_by, switch.changed_at = by, timezone.now()
-        switch.reason = reason
-        switch.save()
-        record_audit(
-            "sending.halted" if halted else "sending.released",
-            actor=by,
-            obj=switch,
-            data={"reason": reason},
-        )
-        if not halted:
-            for campaign_id in Campaign.objects.filter(status=Campaign.Status.SENDING).values_list(
-                "id", flat=True
-            ):
-                dispatch_on_commit(campaign_id)
-    return switch

@@ -1,0 +1,247 @@
+"""The audience: who a campaign reaches, frozen into the delivery ledger at submission.
+
+Address lists uploaded by staff, the filters over active audience members, the live
+count for the compose screen, and the freeze itself: one pending `Delivery` per
+recipient, with the values their templates will see.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+from django.db.models import CharField, QuerySet
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Lower
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.validators import normalize_address, single_address_error
+
+from .digests import audience_hash
+from .models import Campaign, Delivery
+from .suppressions import suppressed_addresses, suppressed_queryset
+
+MATERIALIZE_CHUNK = 2000
+
+
+def parse_address_list(text: str) -> tuple[list[str], list[str]]:
+    """Parse an uploaded address list: one address per line, blank lines and #comments ignored.
+
+    Returns (normalized addresses, errors); each error names its line.
+    """
+    addresses: list[str] = []
+    errors: list[str] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        problem = single_address_error(line)
+        if problem:
+            errors.append(f"line {number}: {line!r} {problem}")
+        else:
+            addresses.append(normalize_address(line))
+    return addresses, errors
+
+
+def audience_queryset(campaign: Campaign) -> QuerySet[User]:
+    """Active audience members matching the campaign's filters (not the uploaded list)."""
+    qs = User.objects.audience()
+    if campaign.audience_locale:
+        qs = qs.filter(locale=campaign.audience_locale)
+    if campaign.audience_joined_after:
+        qs = qs.filter(date_joined__gte=campaign.audience_joined_after)
+    if campaign.audience_joined_before:
+        qs = qs.filter(date_joined__lt=campaign.audience_joined_before)
+    if campaign.audience_attribute_name:
+        # KeyTextTransform takes the key literally: a name like "contains" or "a__b" cannot
+        # turn into a lookup or a path.
+        qs = qs.annotate(
+            _attribute=Cast(
+                KeyTextTransform(campaign.audience_attribute_name, "attributes"), CharField()
+            )
+        ).filter(_attribute=campaign.audience_attribute_value)
+    return qs.order_by("id")
+
+
+@dataclass
+class AudienceSummary:
+    recipients: int = 0
+    suppressed: int = 0
+    invalid: int = 0
+    unmatched_list_addresses: int = 0
+
+
+def iter_audience(
+    campaign: Campaign, summary: AudienceSummary | None = None
+) -> Iterator[Mapping[str, Any]]:
+    """Yield the recipients of `campaign` in user-id order, as value dicts.
+
+    Suppressed addresses and addresses the validator refuses are left out and counted.
+    """
+    summary = summary if summary is not None else AudienceSummary()
+    wanted: set[str] | None = None
+    if campaign.audience_addresses.strip():
+        wanted = set(parse_address_list(campaign.audience_addresses)[0])
+    suppressed = suppressed_addresses(campaign.category)
+    matched: set[str] = set()
+    rows = audience_queryset(campaign).values(
+        "id", "email", "first_name", "last_name", "locale", "attributes"
+    )
+    for row in rows.iterator(chunk_size=MATERIALIZE_CHUNK):
+        address = normalize_address(row["email"])
+        if wanted is not None:
+            if address not in wanted:
+                continue
+            matched.add(address)
+        if single_address_error(row["email"]):
+            summary.invalid += 1
+            continue
+        if address in suppressed:
+            summary.suppressed += 1
+            continue
+        summary.recipients += 1
+        yield row
+    if wanted is not None:
+        summary.unmatched_list_addresses = len(wanted - matched)
+
+
+def count_audience(campaign: Campaign) -> AudienceSummary:
+    """The live count for the compose screen. Without an uploaded list it is two COUNT
+    queries (addresses were validated when they were imported); with one, a scan."""
+    summary = AudienceSummary()
+    if campaign.audience_addresses.strip():
+        for _ in iter_audience(campaign, summary):
+            pass
+        return summary
+    qs = audience_queryset(campaign)
+    total = qs.count()
+    summary.suppressed = (
+        qs.annotate(_address=Lower("email"))
+        .filter(_address__in=suppressed_queryset(campaign.category).values("address"))
+        .count()
+    )
+    summary.recipients = total - summary.suppressed
+    return summary
+
+
+def recipient_data_for_user(user: User) -> dict[str, str]:
+    """The placeholder values of one person, as frozen into Delivery.recipient_data."""
+    data: dict[str, str] = {}
+    attributes = user.attributes if isinstance(user.attributes, dict) else {}
+    for key, value in attributes.items():
+        if isinstance(key, str) and isinstance(value, str):
+            data[key] = value
+    # The account fields win over an imported attribute of the same name.
+    data.update(
+        first_name=user.first_name,
+        last_name=user.last_name,
+        email=user.email,
+        locale=user.locale,
+    )
+    return data
+
+
+def freeze_audience(campaign: Campaign) -> tuple[int, str, AudienceSummary]:
+    """Freeze the audience into pending Delivery rows; return (count, audience hash, summary).
+
+    Rows stream in user-id order and are inserted in chunks while the hash is computed,
+    so 100,000 recipients never sit in memory at once.
+    """
+    summary = AudienceSummary()
+    buffer: list[tuple[Any, ...]] = []
+    insert = _delivery_inserter()
+
+    def flush() -> None:
+        insert(buffer)
+        buffer.clear()
+
+    def rows() -> Iterator[tuple[int, str, dict[str, str]]]:
+        for row in iter_audience(campaign, summary):
+            data = recipient_data_for_user(
+                User(
+                    email=row["email"],
+                    first_name=row["first_name"],
+                    last_name=row["last_name"],
+                    locale=row["locale"],
+                    attributes=row["attributes"] or {},
+                )
+            )
+            buffer.append((campaign.pk, row["id"], row["email"], data))
+            if len(buffer) >= MATERIALIZE_CHUNK:
+                flush()
+            yield row["id"], row["email"], data
+
+    digest = audience_hash(rows())
+    flush()
+    return summary.recipients, digest, summary
+
+
+def _delivery_inserter() -> Callable[[list[tuple[Any, ...]]], None]:
+    """A fast INSERT of new pending deliveries: (campaign_id, user_id, address, data) rows.
+
+    bulk_create builds a model instance per row, which is most of the time of submitting
+    100,000 recipients. This writes the same columns with one executemany per chunk; the
+    database's own constraints (bare address, one row per user and per address) still
+    check every row.
+    """
+    meta = Delivery._meta
+    json_field = meta.get_field("recipient_data")
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    fixed: dict[str, Any] = {
+        "status": Delivery.Status.PENDING,
+        "attempts": 0,
+        "last_error": "",
+        "message_id": "",
+        "provider_message_id": "",
+        "created_at": now,
+        "updated_at": now,
+    }
+    columns = ["campaign_id", "user_id", "address", "recipient_data", *fixed]
+    quote = connection.ops.quote_name
+    column_of = {field.attname: field.column for field in meta.concrete_fields}
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(
+        quote(meta.db_table),
+        ", ".join(quote(column_of[name]) for name in columns),
+        ", ".join(["%s"] * len(columns)),
+    )
+    constant = tuple(fixed.values())
+
+    def insert(rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        params = [
+            (
+                campaign_id,
+                user_id,
+                address,
+                json_field.get_db_prep_save(data, connection),
+                *constant,
+            )
+            for campaign_id, user_id, address, data in rows
+        ]
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, params)
+
+    return insert
+
+
+# --- The recipient list -------------------------------------------------------------------
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def recipients_csv_rows(campaign: Campaign) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(["delivery_id", "user_id", "address", "status"])
+    rows = Delivery.objects.filter(campaign=campaign).order_by("id")
+    for delivery_id, user_id, address, status in rows.values_list(
+        "id", "user_id", "address", "status"
+    ).iterator(chunk_size=MATERIALIZE_CHUNK):
+        yield writer.writerow([delivery_id, user_id, address, status])

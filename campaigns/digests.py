@@ -1,0 +1,65 @@
+"""What an approval binds to: the content digest and the audience hash.
+
+The content digest covers everything that shapes a campaign's messages; the audience
+hash covers exactly who receives them and with which values. The reviewer approves the
+digest, the worker re-checks it before every batch, and any edit changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC
+from typing import Any
+
+from .models import Campaign
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def content_digest(campaign: Campaign) -> str:
+    """The approval digest: sha256 over everything that shapes the campaign's messages."""
+    sender = campaign.sender
+    scheduled_at = campaign.scheduled_at
+    canonical = {
+        "version": 1,
+        "campaign_id": campaign.pk,
+        "category": campaign.category,
+        "sender": {
+            "from_name": sender.from_name,
+            "from_address": sender.from_address,
+            "reply_to": sender.reply_to,
+            "postal_address": sender.postal_address,
+            "message_id_domain": sender.message_id_domain,
+        },
+        "subject_template": campaign.subject_template,
+        "text_template": campaign.text_template,
+        "html_template": campaign.html_template,
+        "scheduled_at": scheduled_at.astimezone(UTC).isoformat() if scheduled_at else None,
+        "audience_hash": campaign.audience_hash,
+    }
+    return hashlib.sha256(_canonical_json(canonical)).hexdigest()
+
+
+def audience_hash(rows: Iterable[tuple[int, str, Mapping[str, str]]]) -> str:
+    """sha256 over (user id, lower-case address, recipient data), one line per person.
+
+    Rows must come ordered by user id (`order_by("user_id")`), one per user: the hash is
+    computed as they stream in, so 100,000 rows never sit in memory at once.
+    """
+    digest = hashlib.sha256(b"countersign.audience.v1\n")
+    previous: int | None = None
+    for user_id, address, data in rows:
+        if previous is not None and user_id <= previous:
+            raise ValueError(
+                f"audience rows must be ordered by user id, one per user ({user_id} after {previous})"
+            )
+        previous = user_id
+        digest.update(_canonical_json([user_id, address.lower(), dict(data)]))
+        digest.update(b"\n")
+    return digest.hexdigest()
