@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fmt install install-dev clean
+.PHONY: demo test test-fast lint fmt install install-dev clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Countersign needs $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -28,6 +28,10 @@ demo: $(VENV)/.installed
 ## test: install the test tools and run the whole suite.
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
+
+## test-fast: everything but the tests that start real worker processes or a browser.
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "not worker and not browser"
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -111,7 +111,7 @@ def resolve_import_token(token: str, *, user: User) -> tuple[Path, str]:
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(DjangoUserAdmin[User]):
     form = UserChangeForm
     add_form = UserCreationForm
     list_display = (

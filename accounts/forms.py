@@ -41,7 +41,7 @@ class UserCreationForm(auth_forms.AdminUserCreationForm):
         self.fields["email"].required = True
 
 
-class UserChangeForm(auth_forms.UserChangeForm):
+class UserChangeForm(auth_forms.UserChangeForm[User]):
     class Meta:
         model = User
         fields = "__all__"

@@ -19,7 +19,7 @@ def has_role(request: HttpRequest, perm: str) -> bool:
     return isinstance(user, User) and user.is_active and user.has_role_perm(perm)
 
 
-class RoleAdmin(admin.ModelAdmin):
+class RoleAdmin(admin.ModelAdmin[Any]):
     """Admin permissions from roles, not from is_superuser."""
 
     def _perm(self, action: str) -> str:

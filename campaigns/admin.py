@@ -108,7 +108,7 @@ class CampaignAdmin(RoleAdmin):
         return super().get_queryset(request).select_related("author", "sender")
 
     def save_model(
-        self, request: HttpRequest, obj: Campaign, form: ModelForm, change: bool
+        self, request: HttpRequest, obj: Campaign, form: ModelForm[Campaign], change: bool
     ) -> None:
         assert isinstance(request.user, User)
         if change:

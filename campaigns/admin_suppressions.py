@@ -39,7 +39,7 @@ def _has_role_perm(request: HttpRequest, perm: str) -> bool:
     return isinstance(user, User) and user.is_active and user.is_staff and user.has_role_perm(perm)
 
 
-class SuppressionAddForm(forms.ModelForm):
+class SuppressionAddForm(forms.ModelForm[Suppression]):
     note = forms.CharField(
         required=False,
         max_length=150,
@@ -78,13 +78,13 @@ class RemovalForm(forms.Form):
     )
 
     def clean_reason(self) -> str:
-        reason = self.cleaned_data["reason"].strip()
+        reason: str = self.cleaned_data["reason"].strip()
         if not reason:
             raise forms.ValidationError("Give a reason.")
         return reason
 
 
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(admin.ModelAdmin[Suppression]):
     list_display = ("address", "reason", "source", "created_at", "created_by")
     list_filter = ("reason",)
     search_fields = ("address", "source")

@@ -85,7 +85,7 @@ class GuardedBackend(BaseEmailBackend):
             self._hook_anymail_post()
 
     def open(self) -> bool | None:
-        created = self.transport.open()
+        created: bool | None = self.transport.open()
         self._hook_smtp_sendmail()
         return created
 

@@ -14,7 +14,7 @@ from .rendering import template_errors
 from .templating import html_changes
 
 
-class CampaignForm(forms.ModelForm):
+class CampaignForm(forms.ModelForm[Campaign]):
     audience_count = forms.CharField(required=False, disabled=True, label="Recipients now")
 
     class Meta:

@@ -53,19 +53,29 @@ class SenderIdentity(models.Model):
         return f"{self.name} <{self.from_address}>"
 
 
-class Campaign(models.Model):
-    class Category(models.TextChoices):
-        ANNOUNCEMENT = "announcement", "Announcement (unsubscribe link, postal address)"
-        SERVICE_NOTICE = "service_notice", "Service notice (mandatory, no unsubscribe)"
+# Choices are defined at module level so that each model's Meta can name their values in
+# its check constraint (a nested class cannot see its enclosing class's names); each model
+# carries them as its own attribute, e.g. `Campaign.Status.DRAFT`.
 
-    class Status(models.TextChoices):
-        DRAFT = "draft", "Draft"
-        IN_REVIEW = "in_review", "In review"
-        APPROVED = "approved", "Approved"
-        SENDING = "sending", "Sending"
-        PAUSED = "paused", "Paused"
-        SENT = "sent", "Sent"
-        CANCELLED = "cancelled", "Cancelled"
+
+class CampaignCategory(models.TextChoices):
+    ANNOUNCEMENT = "announcement", "Announcement (unsubscribe link, postal address)"
+    SERVICE_NOTICE = "service_notice", "Service notice (mandatory, no unsubscribe)"
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    IN_REVIEW = "in_review", "In review"
+    APPROVED = "approved", "Approved"
+    SENDING = "sending", "Sending"
+    PAUSED = "paused", "Paused"
+    SENT = "sent", "Sent"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Campaign(models.Model):
+    Category = CampaignCategory
+    Status = CampaignStatus
 
     # What staff compose: a change to any of these voids a submission or an approval.
     CONTENT_FIELDS = (
@@ -181,21 +191,11 @@ class Campaign(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(
-                    status__in=[
-                        "draft",
-                        "in_review",
-                        "approved",
-                        "sending",
-                        "paused",
-                        "sent",
-                        "cancelled",
-                    ]
-                ),
+                condition=Q(status__in=CampaignStatus.values),
                 name="campaigns_campaign_status_valid",
             ),
             models.CheckConstraint(
-                condition=Q(category__in=["announcement", "service_notice"]),
+                condition=Q(category__in=CampaignCategory.values),
                 name="campaigns_campaign_category_valid",
             ),
         ]
@@ -215,25 +215,33 @@ class Campaign(models.Model):
             )
 
 
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    CLAIMED = "claimed", "Claimed"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    RETRY_WAIT = "retry_wait", "Waiting to retry"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+    BLOCKED = "blocked", "Blocked by the guard"
+    UNKNOWN = "unknown", "Unknown (needs a decision)"
+    DELIVERED = "delivered", "Delivered"
+    BOUNCED = "bounced", "Bounced"
+    COMPLAINED = "complained", "Complained"
+
+
 class Delivery(models.Model):
     """The per-recipient ledger: one row per (campaign, recipient), frozen at submission."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        CLAIMED = "claimed", "Claimed"
-        SENDING = "sending", "Sending"
-        SENT = "sent", "Sent"
-        RETRY_WAIT = "retry_wait", "Waiting to retry"
-        FAILED = "failed", "Failed"
-        SKIPPED = "skipped", "Skipped"
-        BLOCKED = "blocked", "Blocked by the guard"
-        UNKNOWN = "unknown", "Unknown (needs a decision)"
-        DELIVERED = "delivered", "Delivered"
-        BOUNCED = "bounced", "Bounced"
-        COMPLAINED = "complained", "Complained"
+    Status = DeliveryStatus
 
     # Still to be worked on by the sender; the campaign is complete when none remain.
-    OPEN_STATUSES = ("pending", "claimed", "sending", "retry_wait")
+    OPEN_STATUSES = (
+        DeliveryStatus.PENDING,
+        DeliveryStatus.CLAIMED,
+        DeliveryStatus.SENDING,
+        DeliveryStatus.RETRY_WAIT,
+    )
 
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="deliveries")
     user = models.ForeignKey(
@@ -267,22 +275,7 @@ class Delivery(models.Model):
                 name="campaigns_delivery_bare_address",
             ),
             models.CheckConstraint(
-                condition=Q(
-                    status__in=[
-                        "pending",
-                        "claimed",
-                        "sending",
-                        "sent",
-                        "retry_wait",
-                        "failed",
-                        "skipped",
-                        "blocked",
-                        "unknown",
-                        "delivered",
-                        "bounced",
-                        "complained",
-                    ]
-                ),
+                condition=Q(status__in=DeliveryStatus.values),
                 name="campaigns_delivery_status_valid",
             ),
         ]
@@ -295,12 +288,15 @@ class Delivery(models.Model):
         return f"{self.address} ({self.status})"
 
 
+class ApprovalDecision(models.TextChoices):
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+
+
 class Approval(models.Model):
     """An immutable record of a review decision and of exactly what the reviewer saw."""
 
-    class Decision(models.TextChoices):
-        APPROVED = "approved", "Approved"
-        REJECTED = "rejected", "Rejected"
+    Decision = ApprovalDecision
 
     campaign = models.ForeignKey(Campaign, on_delete=models.PROTECT, related_name="approvals")
     reviewer = models.ForeignKey(
@@ -320,7 +316,7 @@ class Approval(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(decision__in=["approved", "rejected"]),
+                condition=Q(decision__in=ApprovalDecision.values),
                 name="campaigns_approval_decision_valid",
             ),
         ]
@@ -338,12 +334,15 @@ class Approval(models.Model):
         raise ValueError("Approvals are immutable.")
 
 
+class SuppressionReason(models.TextChoices):
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+    HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    COMPLAINT = "complaint", "Complaint"
+    MANUAL = "manual", "Manual"
+
+
 class Suppression(models.Model):
-    class Reason(models.TextChoices):
-        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
-        HARD_BOUNCE = "hard_bounce", "Hard bounce"
-        COMPLAINT = "complaint", "Complaint"
-        MANUAL = "manual", "Manual"
+    Reason = SuppressionReason
 
     address = models.CharField(max_length=254, unique=True, help_text="Stored lower-case.")
     reason = models.CharField(max_length=20, choices=Reason.choices)
@@ -357,7 +356,7 @@ class Suppression(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(reason__in=["unsubscribed", "hard_bounce", "complaint", "manual"]),
+                condition=Q(reason__in=SuppressionReason.values),
                 name="campaigns_suppression_reason_valid",
             ),
         ]

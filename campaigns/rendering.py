@@ -553,7 +553,8 @@ def build_message(
 
 def render_eml(message: EmailMessage) -> bytes:
     """The raw message exactly as serialized for sending: what the outbox and preview show."""
-    return message.message().as_bytes(linesep="\r\n")
+    raw: bytes = message.message().as_bytes(linesep="\r\n")
+    return raw
 
 
 def template_problems(campaign: Campaign) -> list[str]:

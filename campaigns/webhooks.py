@@ -188,8 +188,9 @@ def _is_hard_bounce(provider: str, reject_reason: str | None, payload: Any) -> b
         # anymail maps Postmark's SoftBounce to reject_reason "bounced" as well, so read
         # Postmark's own type: "Type" on Bounce records, "SuppressionReason" on a
         # SubscriptionChange that Postmark made because of a hard bounce.
-        return (payload.get("Type") or payload.get("SuppressionReason")) == "HardBounce"
-    return reject_reason == RejectReason.BOUNCED
+        kind = payload.get("Type") or payload.get("SuppressionReason")
+        return kind == "HardBounce"
+    return bool(reject_reason == RejectReason.BOUNCED)
 
 
 def find_delivery(*, metadata: dict[str, Any], message_id: Any, recipient: str) -> Delivery | None:

@@ -236,7 +236,7 @@ def backoff_seconds(attempts: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter (0.5x to 1.5x), capped."""
     rng = rng or random.Random()
     base = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * (2 ** max(0, attempts - 1)))
-    return base * (0.5 + rng.random())
+    return float(base * (0.5 + rng.random()))
 
 
 def _record_outcome(delivery: Delivery, token: uuid.UUID, outcome: Outcome, now: datetime) -> None:

@@ -19,7 +19,8 @@ DEMO_PASSWORD = "correct-horse-battery-staple"
 
 
 def _uses_postgres() -> bool:
-    return settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+    engine: str = settings.DATABASES["default"]["ENGINE"]
+    return engine.endswith("postgresql")
 
 
 def _redis_urls() -> list[str]:

@@ -81,7 +81,7 @@ class _LoopbackController(Controller):
         # with port 0 that would fail, so read the port the kernel gave the listener first.
         assert isinstance(self.server, asyncio.Server)
         self.port = int(self.server.sockets[0].getsockname()[1])
-        super()._trigger_server()
+        super()._trigger_server()  # type: ignore[no-untyped-call]  # aiosmtpd is untyped
 
 
 class SmtpSink:

@@ -116,7 +116,8 @@ def message_encoding(message: EmailMessage) -> str:
 def serialize(message: EmailMessage, *, layer: str) -> bytes:
     """The bytes Django's SMTP backend and the outbox write (and Django's own header check)."""
     try:
-        return message.message().as_bytes(linesep="\r\n")
+        raw: bytes = message.message().as_bytes(linesep="\r\n")
+        return raw
     except ValueError as error:  # BadHeaderError is a ValueError; so are bad addresses
         raise GuardViolation(
             layer,

@@ -23,6 +23,7 @@ from accounts.importer import (
     import_users_csv,
 )
 from accounts.models import AudienceAttribute, User
+from audit.chain import record_audit
 from audit.models import AuditEvent
 from tests.conftest import make_staff
 
@@ -168,7 +169,7 @@ def test_rerun_completes_an_import_that_crashed_in_the_middle_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_csv(tmp_path, good_rows_csv(9))
-    real_record_audit = importer.record_audit
+    real_record_audit = record_audit
     calls = {"n": 0}
 
     def crash_in_second_chunk(*args: Any, **kwargs: Any) -> Any:

@@ -439,7 +439,7 @@ def test_permission_table(action: str, role: str, olivia: User, audience: list[U
         assert not mail.outbox
         return
     assert response.status_code in (200, 302), (action, role, response.status_code)
-    effect = {
+    effects: dict[str, Callable[[], bool]] = {
         "create": lambda: Campaign.objects.filter(name="Changed").exists(),
         "edit": lambda: after.name == "Changed",
         "submit": lambda: after.status == Campaign.Status.IN_REVIEW,
@@ -449,8 +449,8 @@ def test_permission_table(action: str, role: str, olivia: User, audience: list[U
         "approve": lambda: after.status in (Campaign.Status.APPROVED, Campaign.Status.SENDING),
         "reject": lambda: after.status == Campaign.Status.DRAFT,
         "test_send": lambda: len(mail.outbox) == 1,
-    }[action]
-    assert effect(), (action, role)
+    }
+    assert effects[action](), (action, role)
 
 
 def test_transitions_refuse_get(olivia: User, rita: User, audience: list[User]) -> None:

@@ -1,6 +1,6 @@
 """The fan-out in one process: claims, fenced outcomes, operator controls, the sweeper.
 
-The real-worker, real-SMTP and real-HTTP runs live in tests/test_integration_sending.py;
+The real-worker, real-SMTP and real-HTTP runs live in tests/integration/test_sending.py;
 here `send_batch` is called directly so every branch can be driven precisely.
 """
 
@@ -74,7 +74,7 @@ class ScriptedTransport(BaseEmailBackend):
 
 @pytest.fixture
 def scripted(settings: Any) -> type[ScriptedTransport]:
-    settings.EMAIL_TRANSPORT = "tests.test_sending.ScriptedTransport"
+    settings.EMAIL_TRANSPORT = "tests.campaigns.test_worker.ScriptedTransport"
     ScriptedTransport.script = []
     ScriptedTransport.sent = []
     return ScriptedTransport
@@ -292,7 +292,7 @@ def test_pause_stops_before_the_next_message_and_resume_continues(
     olivia: User, rita: User, members: list[User], settings: Any
 ) -> None:
     campaign = approved(olivia, rita)
-    settings.EMAIL_TRANSPORT = "tests.test_sending.PausingTransport"
+    settings.EMAIL_TRANSPORT = "tests.campaigns.test_worker.PausingTransport"
     mail.outbox.clear()
     result = worker.send_batch(campaign.pk, limit=100)
     assert result.sent == 1 and result.stopped == "paused"

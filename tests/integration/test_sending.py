@@ -36,7 +36,8 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from accounts.models import User
-from campaigns import services, worker
+from campaigns import services
+from campaigns import worker as send_worker
 from campaigns.models import Campaign, Delivery, Suppression
 from tests.factories import make_campaign
 from tests.postmark_stub import PostmarkStub, Reply
@@ -45,7 +46,7 @@ from tests.smtp_sink import SmtpSink
 if TYPE_CHECKING:
     from tests.workers import CeleryProcess, CeleryWorkers
 
-# Loaded as a plugin (not imported) so pytest owns its fixtures; see tests/test_worker.py.
+# Loaded as a plugin (not imported) so pytest owns its fixtures; see tests/integration/test_celery_processes.py.
 pytest_plugins = ["tests.workers"]
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -165,7 +166,7 @@ def count_status(campaign: Campaign, *statuses: str) -> int:
 def explain(campaign: Campaign, processes: Sequence[CeleryProcess] = ()) -> str:
     lines = [
         f"campaign {campaign.pk}: {campaign_status(campaign)}",
-        f"deliveries: {worker.delivery_summary(campaign.pk)}",
+        f"deliveries: {send_worker.delivery_summary(campaign.pk)}",
     ]
     for process in processes:
         lines.append(f"--- {process.name} (rc={process.returncode}) ---\n{process.log_tail(25)}")
@@ -419,7 +420,7 @@ def test_postmark_outcomes_retry_only_what_was_refused_and_never_repost_unknowns
     Delivery.objects.filter(campaign=campaign, status=Delivery.Status.RETRY_WAIT).update(
         next_attempt_at=timezone.now() - timedelta(seconds=1)
     )
-    assert worker.sweep().redispatched == 1
+    assert send_worker.sweep().redispatched == 1
     wait_until_sent(
         campaign,
         timeout=60,
@@ -481,7 +482,7 @@ def test_kill9_worker_mid_campaign(
     # Nobody is alive to hold a lease, so sweep as if the leases had run out: claimed rows
     # never reached the transport and go back to pending; a row caught `sending` becomes
     # unknown (it may or may not have left). Due work that nobody holds is dispatched.
-    result = worker.sweep(now=timezone.now() + timedelta(seconds=lease + 1))
+    result = send_worker.sweep(now=timezone.now() + timedelta(seconds=lease + 1))
     assert result.reclaimed + result.unknown == stranded
     assert result.redispatched == 1
     assert count_status(campaign, Delivery.Status.CLAIMED, Delivery.Status.SENDING) == 0
@@ -535,7 +536,7 @@ def _broker_loss_mid_campaign(
     def sweep() -> None:
         # What beat runs every few seconds.
         nonlocal redispatched
-        redispatched += worker.sweep().redispatched
+        redispatched += send_worker.sweep().redispatched
 
     # 1. The broker loses what it holds while the worker is inside a batch: the batch in
     #    hand goes on, the queued one is gone, and the sweep covers any gap.
@@ -663,7 +664,7 @@ def test_pause_stops_both_workers_and_resume_sends_the_rest_once(
         what="the paused workers to release their claims",
         diagnostics=lambda: explain(campaign, [first, second]),
     )
-    paused = worker.delivery_summary(campaign.pk)
+    paused = send_worker.delivery_summary(campaign.pk)
     assert set(paused) == {Delivery.Status.SENT, Delivery.Status.PENDING}, paused
     assert paused[Delivery.Status.SENT] == smtp_sink.count()
     assert campaign_status(campaign) == Campaign.Status.PAUSED
