@@ -9,6 +9,7 @@ provider could read as zero or several recipients.
 from __future__ import annotations
 
 import re
+import unicodedata
 from email import policy
 from email.errors import HeaderParseError
 from email.utils import getaddresses
@@ -21,6 +22,67 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # can end the header early in some parser (CR/LF injection being the famous case). Names
 # and attribute values end up in To and Subject, so the import refuses them as well.
 HEADER_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# Bodies may hold tabs and line breaks; nothing else below U+0020, no DEL, no C1.
+BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# The zero-width joiner builds emoji sequences (a family, a profession): fine in a body.
+ZERO_WIDTH_JOINER = "\u200d"
+
+
+_CONTROL_NAMES = {"\x00": "NUL", "\t": "tab", "\n": "line feed", "\r": "carriage return"}
+
+
+def describe_character(char: str) -> str:
+    """U+XXXX and the character's name, for error messages."""
+    name = _CONTROL_NAMES.get(char) or unicodedata.name(char, "").lower()
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+
+
+def _first_format_character(value: str, *, allow: str = "") -> int | None:
+    """Index of the first invisible format character (Unicode category Cf), if any.
+
+    Cf holds the bidirectional overrides and isolates (U+202A-202E, U+2066-2069), the
+    zero-width space, non-joiner and joiner, the word joiner, the byte-order mark and the
+    soft hyphen: characters that change what a reader sees without being seen.
+    """
+    if value.isascii():
+        return None
+    for index, char in enumerate(value):
+        if char > "\x7f" and char not in allow and unicodedata.category(char) == "Cf":
+            return index
+    return None
+
+
+def person_text_error(value: str) -> tuple[int, str] | None:
+    """(position, why) if `value` may not be a name, an attribute value or a subject.
+
+    One line of visible text: no control character or line break, no bidi override, no
+    invisible format character. The same rule wherever such text enters (admin forms, the
+    CSV import, subject templates).
+    """
+    match = HEADER_CONTROL.search(value)
+    if match is not None:
+        return match.start(), f"contains the control character {describe_character(match.group())}"
+    index = _first_format_character(value)
+    if index is not None:
+        return index, f"contains the invisible character {describe_character(value[index])}"
+    return None
+
+
+def body_text_error(value: str) -> tuple[int, str] | None:
+    """(position, why) if `value` may not be the literal text of a message body.
+
+    Line breaks and tabs are fine; other controls, bidi overrides and invisible format
+    characters are not (the zero-width joiner of emoji sequences excepted).
+    """
+    match = BODY_CONTROL.search(value)
+    if match is not None:
+        return match.start(), f"contains the control character {describe_character(match.group())}"
+    index = _first_format_character(value, allow=ZERO_WIDTH_JOINER)
+    if index is not None:
+        return index, f"contains the invisible character {describe_character(value[index])}"
+    return None
+
 
 # The account fields a template sees for every recipient, and the value the message
 # builder adds itself. An imported attribute column may not take one of these names.

@@ -3,7 +3,12 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 
-from accounts.validators import single_address_error, validate_single_address
+from accounts.validators import (
+    body_text_error,
+    person_text_error,
+    single_address_error,
+    validate_single_address,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +44,34 @@ def test_anything_but_one_bare_address_is_refused(value: str, reason: str) -> No
     assert error is not None and reason in error
     with pytest.raises(ValidationError):
         validate_single_address(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "position", "fragment"),
+    [
+        ("Zoe\u202e.cba", 3, "right-to-left override"),
+        ("Zo\u200be", 2, "zero width space"),
+        ("Bob\r\nBcc: eve@example.org", 3, "carriage return"),
+        ("\ufeffAnn", 0, "zero width no-break space"),
+    ],
+)
+def test_person_text_refuses_controls_and_invisible_characters(
+    value: str, position: int, fragment: str
+) -> None:
+    found = person_text_error(value)
+    assert found is not None
+    assert found[0] == position and fragment in found[1]
+
+
+def test_person_text_accepts_ordinary_names_in_any_script() -> None:
+    for name in ("Zoë Müller", "O'Brien-Smith", "Ёлка", "山田 太郎", "Nguyễn"):
+        assert person_text_error(name) is None
+
+
+def test_body_text_allows_line_breaks_and_emoji_joiners_but_not_bidi_overrides() -> None:
+    assert body_text_error("Hello,\n\tthe team 👩\u200d💻\r\n") is None
+    assert body_text_error("pay \u202eevil") == (
+        4,
+        "contains the invisible character U+202E (right-to-left override)",
+    )
+    assert body_text_error("a\x00b") == (1, "contains the control character U+0000 (NUL)")
