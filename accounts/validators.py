@@ -23,13 +23,29 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # and attribute values end up in To and Subject, so the import refuses them as well.
 HEADER_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
-# Bodies may hold tabs and line breaks; nothing else below U+0020, no DEL, no C1.
-BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# The zero-width joiner builds emoji sequences (a family, a profession): fine in a body.
+# Unicode category Cf (format characters), as of Unicode 14 (Python 3.11): the bidirectional
+# overrides and isolates, the zero-width space, non-joiner and joiner, the word joiner,
+# the byte-order mark, the soft hyphen and the tag characters. They change what a reader
+# sees without being seen. A test keeps this list equal to unicodedata's.
+_FORMAT_RANGES = (
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u180e"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    "\U000e0020-\U000e007f"
+)
+FORMAT_CHARACTERS = re.compile(f"[{_FORMAT_RANGES}\u200b-\u200f]")
 ZERO_WIDTH_JOINER = "\u200d"
 
-
-_CONTROL_NAMES = {"\x00": "NUL", "\t": "tab", "\n": "line feed", "\r": "carriage return"}
+# Bodies may hold tabs and line breaks; nothing else below U+0020, no DEL, no C1.
+BODY_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# unicodedata has no names for C0 and C1 controls.
+_CONTROL_NAMES = {
+    "\x00": "NUL",
+    "\t": "tab",
+    "\n": "line feed",
+    "\r": "carriage return",
+    "\x85": "next line",
+}
 
 
 def describe_character(char: str) -> str:
@@ -38,18 +54,28 @@ def describe_character(char: str) -> str:
     return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
 
 
-def _first_format_character(value: str, *, allow: str = "") -> int | None:
-    """Index of the first invisible format character (Unicode category Cf), if any.
+def _joins_emoji(value: str, index: int) -> bool:
+    """A zero-width joiner inside an emoji sequence (👩‍💻): symbol, joiner, symbol."""
+    before = value[index - 1] if index > 0 else ""
+    after = value[index + 1] if index + 1 < len(value) else ""
+    return (
+        bool(before)
+        and bool(after)
+        and (unicodedata.category(before) in {"So", "Sk"} or before == "\ufe0f")
+        and unicodedata.category(after) == "So"
+    )
 
-    Cf holds the bidirectional overrides and isolates (U+202A-202E, U+2066-2069), the
-    zero-width space, non-joiner and joiner, the word joiner, the byte-order mark and the
-    soft hyphen: characters that change what a reader sees without being seen.
-    """
-    if value.isascii():
-        return None
-    for index, char in enumerate(value):
-        if char > "\x7f" and char not in allow and unicodedata.category(char) == "Cf":
-            return index
+
+def _first_problem(value: str, control: re.Pattern[str]) -> tuple[int, str] | None:
+    match = control.search(value)
+    if match is not None:
+        why = f"contains the control character {describe_character(match.group())}"
+        return match.start(), why
+    for match in FORMAT_CHARACTERS.finditer(value):
+        if match.group() == ZERO_WIDTH_JOINER and _joins_emoji(value, match.start()):
+            continue
+        why = f"contains the invisible character {describe_character(match.group())}"
+        return match.start(), why
     return None
 
 
@@ -57,31 +83,19 @@ def person_text_error(value: str) -> tuple[int, str] | None:
     """(position, why) if `value` may not be a name, an attribute value or a subject.
 
     One line of visible text: no control character or line break, no bidi override, no
-    invisible format character. The same rule wherever such text enters (admin forms, the
+    invisible format character (a zero-width joiner inside an emoji sequence is fine). The same rule wherever such text enters (admin forms, the
     CSV import, subject templates).
     """
-    match = HEADER_CONTROL.search(value)
-    if match is not None:
-        return match.start(), f"contains the control character {describe_character(match.group())}"
-    index = _first_format_character(value)
-    if index is not None:
-        return index, f"contains the invisible character {describe_character(value[index])}"
-    return None
+    return _first_problem(value, HEADER_CONTROL)
 
 
 def body_text_error(value: str) -> tuple[int, str] | None:
     """(position, why) if `value` may not be the literal text of a message body.
 
     Line breaks and tabs are fine; other controls, bidi overrides and invisible format
-    characters are not (the zero-width joiner of emoji sequences excepted).
+    characters are not (a zero-width joiner inside an emoji sequence excepted).
     """
-    match = BODY_CONTROL.search(value)
-    if match is not None:
-        return match.start(), f"contains the control character {describe_character(match.group())}"
-    index = _first_format_character(value, allow=ZERO_WIDTH_JOINER)
-    if index is not None:
-        return index, f"contains the invisible character {describe_character(value[index])}"
-    return None
+    return _first_problem(value, BODY_CONTROL)
 
 
 # The account fields a template sees for every recipient, and the value the message

@@ -237,11 +237,22 @@ class _Echo:
         return value
 
 
+# OWASP's CSV injection rule: a spreadsheet runs a cell that starts with one of these.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> str:
+    """The cell as text, with a leading apostrophe when a spreadsheet would run it."""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def recipients_csv_rows(campaign: Campaign) -> Iterator[str]:
+    """The frozen recipient list as CSV lines, streamed; safe to open in a spreadsheet."""
     writer = csv.writer(_Echo())
     yield writer.writerow(["delivery_id", "user_id", "address", "status"])
     rows = Delivery.objects.filter(campaign=campaign).order_by("id")
-    for delivery_id, user_id, address, status in rows.values_list(
-        "id", "user_id", "address", "status"
-    ).iterator(chunk_size=MATERIALIZE_CHUNK):
-        yield writer.writerow([delivery_id, user_id, address, status])
+    for row in rows.values_list("id", "user_id", "address", "status").iterator(
+        chunk_size=MATERIALIZE_CHUNK
+    ):
+        yield writer.writerow([spreadsheet_safe(cell) for cell in row])

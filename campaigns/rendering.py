@@ -43,7 +43,7 @@ from django.utils import timezone
 from django.utils.encoding import punycode
 
 from accounts.models import AudienceAttribute, User
-from accounts.validators import HEADER_CONTROL, single_address_error
+from accounts.validators import HEADER_CONTROL, person_text_error, single_address_error
 
 from .audience import recipient_data_for_user
 from .digests import content_digest
@@ -54,10 +54,11 @@ from .templating import (
     TemplateSyntaxError,
     allowed_placeholders,
     check_header_value,
+    compile_body,
     compile_subject,
-    compile_template,
     html_to_text,
     sanitize_html,
+    validate_html_body,
 )
 from .tokens import make_unsubscribe_token, unsubscribe_url
 
@@ -87,6 +88,9 @@ _DOMAIN = re.compile(
 _URL_FORBIDDEN = re.compile(r"[\s<>,\"]")
 
 ONE_CLICK = "List-Unsubscribe=One-Click"
+# A rendered body larger than this fails its delivery (templates are limited at save;
+# recipient values could still inflate one). It also bounds the guard's content scan.
+MAX_RENDERED_BODY_LENGTH = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -205,12 +209,13 @@ def wire_address(address: str) -> str:
 def safe_display_name(name: str) -> str:
     """The display name to put beside an address, or "" when it must be dropped.
 
-    Dropped: names with a control character, and names that look like an address
+    Dropped: names with a control, bidi override or invisible character, and names that
+    look like an address
     ("@", "<", ">", also in their full-width look-alikes), which must never put a second
     address, real or apparent, into an address header.
     """
-    if HEADER_CONTROL.search(name):
-        return ""
+    if person_text_error(name) is not None:
+        return ""  # a control, bidi override or invisible character: show the bare address
     name = name.strip()
     normalized = unicodedata.normalize("NFKC", name)
     if _ADDRESS_CHARACTERS.intersection(name) or _ADDRESS_CHARACTERS.intersection(normalized):
@@ -330,12 +335,12 @@ def compiled_templates(campaign: Campaign) -> CampaignTemplates:
     templates = CampaignTemplates(
         subject=compile_subject(campaign.subject_template, allowed=allowed),
         text=(
-            compile_template(campaign.text_template, allowed=allowed)
+            compile_body(campaign.text_template, allowed=allowed)
             if campaign.text_template.strip()
             else None
         ),
         html=(
-            compile_template(campaign.html_template, allowed=allowed)
+            compile_body(campaign.html_template, allowed=allowed)
             if campaign.html_template.strip()
             else None
         ),
@@ -357,7 +362,9 @@ def template_errors(campaign: Campaign) -> dict[str, str]:
         if not source:
             continue
         try:
-            compile_template(source, allowed=allowed)
+            if name == "html_template":
+                validate_html_body(source)
+            compile_body(source, allowed=allowed)
         except TemplateSyntaxError as exc:
             errors[name] = str(exc)
     if not campaign.text_template.strip() and not campaign.html_template.strip():
@@ -516,6 +523,12 @@ def build_message(
         )
     if not text_body.endswith("\n"):
         text_body += "\n"
+    for part, body in (("text", text_body), ("HTML", html_body or "")):
+        if len(body) > MAX_RENDERED_BODY_LENGTH:
+            raise BuildError(
+                f"the rendered {part} part is {len(body):,} characters long; "
+                f"the limit is {MAX_RENDERED_BODY_LENGTH:,}"
+            )
 
     message_id = make_message_id(
         campaign_id=campaign.pk,

@@ -27,7 +27,14 @@ from html.parser import HTMLParser
 
 import nh3
 
-from accounts.validators import ACCOUNT_FIELDS, BUILDER_FIELDS, HEADER_CONTROL
+from accounts.validators import (
+    ACCOUNT_FIELDS,
+    BUILDER_FIELDS,
+    HEADER_CONTROL,
+    body_text_error,
+    describe_character,
+    person_text_error,
+)
 
 # Every template may use these; imported audience attributes add to them.
 FIXED_PLACEHOLDERS = (*ACCOUNT_FIELDS, *BUILDER_FIELDS)
@@ -38,15 +45,10 @@ ANNOUNCEMENT_ONLY_PLACEHOLDERS = frozenset({"unsubscribe_url"})
 
 PLACEHOLDER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-_CONTROL_NAMES = {
-    "\x00": "NUL",
-    "\t": "tab",
-    "\n": "line feed",
-    "\r": "carriage return",
-    "\x85": "next line",
-    "\u2028": "line separator",
-    "\u2029": "paragraph separator",
-}
+# Sizes refused at save, with a clear error. Email clients clip messages past about
+# 100 KB anyway; the limits also bound the work of every scan of staff-written content.
+MAX_SUBJECT_LENGTH = 500
+MAX_TEMPLATE_LENGTH = 100_000
 
 # Everything that starts or ends a construct of Django/Jinja-like template syntax.
 _MARKER = re.compile(r"\{\{|\{%|\{#|%\}|#\}|\}\}")
@@ -81,15 +83,15 @@ class UnsafeHeaderValue(RenderError):
         self.header = header
         self.position = position
         char = value[position]
+        kind = "a control character" if HEADER_CONTROL.match(char) else "an invisible character"
         super().__init__(
-            f"the rendered {header} contains {describe_control(char)} at position {position}"
+            f"the rendered {header} contains {kind} {describe_character(char)} "
+            f"at position {position}"
         )
 
 
 def describe_control(char: str) -> str:
-    code = f"U+{ord(char):04X}"
-    name = _CONTROL_NAMES.get(char)
-    return f"a control character {code} ({name})" if name else f"a control character {code}"
+    return f"a control character {describe_character(char)}"
 
 
 @dataclass(frozen=True)
@@ -191,15 +193,24 @@ def compile_template(source: str, *, allowed: Collection[str]) -> CompiledTempla
     return CompiledTemplate(source=source, nodes=parsed.nodes)
 
 
-def validate_subject(source: str) -> None:
-    """Refuse control characters (CR, LF, NUL, any C0/C1, U+2028/2029) in a subject template."""
-    match = HEADER_CONTROL.search(source)
-    if match is not None:
+def _require_length(source: str, *, what: str, limit: int) -> None:
+    if len(source) > limit:
         raise TemplateSyntaxError(
-            f"the subject contains {describe_control(match.group())}; it must be one line",
+            f"the {what} is {len(source):,} characters long; the limit is {limit:,}",
             source=source,
-            position=match.start(),
+            position=limit,
         )
+
+
+def validate_subject(source: str) -> None:
+    """Refuse control characters (CR, LF, NUL, any C0/C1, U+2028/2029), bidi overrides and
+    invisible format characters in a subject template: one line of visible text."""
+    _require_length(source, what="subject", limit=MAX_SUBJECT_LENGTH)
+    problem = person_text_error(source)
+    if problem is not None:
+        position, why = problem
+        suffix = "; it must be one line" if HEADER_CONTROL.match(source, position) else ""
+        raise TemplateSyntaxError(f"the subject {why}{suffix}", source=source, position=position)
 
 
 def compile_subject(source: str, *, allowed: Collection[str]) -> CompiledTemplate:
@@ -207,15 +218,72 @@ def compile_subject(source: str, *, allowed: Collection[str]) -> CompiledTemplat
     return compile_template(source, allowed=allowed)
 
 
+def validate_body(source: str) -> None:
+    """Refuse an over-long body template, and control (but line breaks and tabs), bidi
+    override or invisible format characters in its text."""
+    _require_length(source, what="template", limit=MAX_TEMPLATE_LENGTH)
+    problem = body_text_error(source)
+    if problem is not None:
+        position, why = problem
+        raise TemplateSyntaxError(f"the template {why}", source=source, position=position)
+
+
+# Where markup starts, and the rest of a tag up to the next "<" or ">".
+_MARKUP_START = re.compile(r"<[A-Za-z/!?]")
+_TAG_REST = re.compile(r"[^<>]*+")
+
+
+def unclosed_markup(html: str) -> int | None:
+    """The position of the first tag or comment not closed before the next one starts.
+
+    Python's HTMLParser takes time that grows with the square of the input on unclosed
+    tags ("<a <a <a ...": minutes for 200 KB), so HTML from staff is refused with a
+    position before anything parses it. One pass with `find` and possessive matches.
+    """
+    position = 0
+    while (start := _MARKUP_START.search(html, position)) is not None:
+        index = start.start()
+        if html.startswith("<!--", index):
+            end = html.find("-->", index + 4)
+            if end == -1:
+                return index
+            position = end + 3
+            continue
+        rest = _TAG_REST.match(html, index + 1)
+        end = rest.end() if rest is not None else index + 1
+        if end >= len(html) or html[end] == "<":
+            return index
+        position = end + 1
+    return None
+
+
+def validate_html_body(source: str) -> None:
+    """An HTML template: a body template whose tags and comments are all closed."""
+    validate_body(source)
+    index = unclosed_markup(source)
+    if index is not None:
+        raise TemplateSyntaxError(
+            "this tag is not closed before the next one starts (write a literal < as &lt;)",
+            source=source,
+            position=index,
+        )
+
+
+def compile_body(source: str, *, allowed: Collection[str]) -> CompiledTemplate:
+    validate_body(source)
+    return compile_template(source, allowed=allowed)
+
+
 def check_header_value(value: str, *, header: str) -> str:
-    """Return a rendered header value unchanged, or refuse it if it holds a control character.
+    """Return a rendered header value unchanged, or refuse it if it holds a control,
+    bidi override or invisible character.
 
     A recipient value such as "Bob\\r\\nBcc: eve@evil.example" must fail the delivery,
     never reach a header.
     """
-    match = HEADER_CONTROL.search(value)
-    if match is not None:
-        raise UnsafeHeaderValue(header, value=value, position=match.start())
+    problem = person_text_error(value)
+    if problem is not None:
+        raise UnsafeHeaderValue(header, value=value, position=problem[0])
     return value
 
 
@@ -442,6 +510,45 @@ SAFE_STYLE_PROPERTIES = frozenset(
     }
 )
 
+# Inside a style value, only colour functions; never a CSS escape or comment (they can
+# spell "expression" or "url" in pieces), nor anything that fetches or runs.
+_STYLE_FUNCTION = re.compile(r"([a-z-]*)\s*\(")
+_SAFE_STYLE_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla"})
+_UNSAFE_STYLE_TEXT = (
+    "\\",
+    "/*",
+    "expression",
+    "url",
+    "javascript",
+    "vbscript",
+    "behavior",
+    "binding",
+    "@",
+    "<",
+    ">",
+    "&",
+)
+
+
+def _safe_style_value(value: str) -> bool:
+    lowered = value.lower()
+    if any(text in lowered for text in _UNSAFE_STYLE_TEXT):
+        return False
+    return all(m.group(1) in _SAFE_STYLE_FUNCTIONS for m in _STYLE_FUNCTION.finditer(lowered))
+
+
+def _filter_style(element: str, attribute: str, value: str) -> str | None:
+    """nh3 attribute filter: keep only the style declarations whose values are safe."""
+    if attribute != "style":
+        return value
+    kept = [
+        declaration.strip()
+        for declaration in value.split(";")
+        if declaration.strip() and _safe_style_value(declaration.partition(":")[2])
+    ]
+    return "; ".join(kept) or None
+
+
 _cleaner = nh3.Cleaner(
     tags=set(SAFE_TAGS),
     # Removed together with their content, not unwrapped into visible text.
@@ -449,6 +556,7 @@ _cleaner = nh3.Cleaner(
     attributes=SAFE_ATTRIBUTES,
     url_schemes=set(SAFE_URL_SCHEMES),
     filter_style_properties=set(SAFE_STYLE_PROPERTIES),
+    attribute_filter=_filter_style,
     strip_comments=True,
     link_rel="noopener noreferrer",
 )
@@ -492,7 +600,8 @@ class _HtmlInventory(HTMLParser):
 def html_changes(html: str) -> list[str]:
     """What `sanitize_html` would remove from `html`, as sentences for the campaign form.
 
-    Works on template sources too: placeholders are plain text to the sanitizer.
+    Works on template sources too: placeholders are plain text to the sanitizer. The
+    input must have passed `unclosed_markup` (HTMLParser is slow on unclosed tags).
     """
     before = _HtmlInventory()
     before.feed(html)

@@ -38,7 +38,13 @@ from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .permissions import can_decide
-from .rendering import build_message, preview_time, recipient_for_delivery, render_eml
+from .rendering import (
+    MESSAGE_ERRORS,
+    build_message,
+    preview_time,
+    recipient_for_delivery,
+    render_eml,
+)
 from .review import build_review
 
 
@@ -108,6 +114,7 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         "can_decide": campaign.status == Campaign.Status.IN_REVIEW and can_decide(user, campaign),
         "is_reviewer": user.has_role_perm("campaigns.approve_campaign"),
         "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
+        "remote_images": request.GET.get("remote_images") == "1",
     }
     return TemplateResponse(request, "admin/campaigns/campaign/review.html", context)
 
@@ -158,20 +165,40 @@ def test_send(request: HttpRequest, pk: int) -> HttpResponse:
     return _back(campaign)
 
 
+class Unbuildable(Exception):
+    """This recipient's message cannot be built; the response says why."""
+
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
+
+
 def _preview_delivery(
     request: HttpRequest, pk: int, delivery_id: int
 ) -> tuple[Campaign, Delivery, bytes]:
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     delivery = get_object_or_404(Delivery, pk=delivery_id, campaign=campaign)
-    message = build_message(
-        campaign, recipient_for_delivery(delivery), send_time=preview_time(campaign)
-    )
+    try:
+        message = build_message(
+            campaign, recipient_for_delivery(delivery), send_time=preview_time(campaign)
+        )
+    except MESSAGE_ERRORS as exc:
+        # Not a server error: this recipient's delivery would fail, and this is why.
+        raise Unbuildable(
+            HttpResponse(
+                f"The message for {delivery.address} cannot be built: {exc}\n",
+                status=422,
+                content_type="text/plain; charset=utf-8",
+            )
+        ) from None
     return campaign, delivery, render_eml(message)
 
 
 @require_GET
 def preview_eml(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse:
-    campaign, delivery, raw = _preview_delivery(request, pk, delivery_id)
+    try:
+        campaign, delivery, raw = _preview_delivery(request, pk, delivery_id)
+    except Unbuildable as unbuildable:
+        return unbuildable.response
     response = HttpResponse(raw, content_type="message/rfc822")
     response["Content-Disposition"] = (
         f'attachment; filename="campaign-{campaign.pk}-delivery-{delivery.pk}.eml"'
@@ -184,17 +211,23 @@ def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpRespons
     """The HTML part alone, for the review page's sandboxed iframe.
 
     Staff-authored HTML never renders inside our own pages: it is served on its own, with
-    a CSP that forbids scripts, plugins, forms and every fetch but inline styles and images,
-    and the `sandbox` directive, so even a sanitizer miss runs nothing.
+    a CSP that forbids scripts, plugins, forms and every fetch, and the `sandbox`
+    directive, so even a sanitizer miss runs nothing. Remote images load only when the
+    reviewer asks (`?remote_images=1`): otherwise opening the preview would tell whoever
+    controls an image URL in the template when the reviewer looked.
     """
-    _, _, raw = _preview_delivery(request, pk, delivery_id)
+    try:
+        _, _, raw = _preview_delivery(request, pk, delivery_id)
+    except Unbuildable as unbuildable:
+        return unbuildable.response
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     part = parsed.get_body(preferencelist=("html",))
     if part is None:
         raise Http404("This message has no HTML part.")
     response = HttpResponse(part.get_content(), content_type="text/html; charset=utf-8")
+    images = "https: data:" if request.GET.get("remote_images") == "1" else "data:"
     response["Content-Security-Policy"] = (
-        "sandbox; default-src 'none'; img-src https: data:; style-src 'unsafe-inline'; "
+        f"sandbox; default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
         "form-action 'none'; frame-ancestors 'self'; base-uri 'none'"
     )
     # The review page (same origin) frames this; X-Frame-Options DENY elsewhere stays.
@@ -208,7 +241,9 @@ def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpRespons
 def recipients_csv(request: HttpRequest, pk: int) -> HttpResponseBase:
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     record_audit("campaign.recipients_downloaded", actor=user, obj=campaign)
-    response = StreamingHttpResponse(recipients_csv_rows(campaign), content_type="text/csv")
+    response = StreamingHttpResponse(
+        recipients_csv_rows(campaign), content_type="text/csv; charset=utf-8"
+    )
     response["Content-Disposition"] = (
         f'attachment; filename="campaign-{campaign.pk}-recipients.csv"'
     )

@@ -26,10 +26,13 @@ from typing import Any
 from anymail.exceptions import AnymailWebhookValidationFailure
 from anymail.signals import EventType, RejectReason, tracking
 from anymail.utils import get_anymail_setting
+from anymail.webhooks.postmark import PostmarkTrackingWebhookView
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
 from django.dispatch import receiver
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.validators import normalize_address
@@ -39,6 +42,29 @@ from .models import Delivery, ProviderEvent, Suppression
 from .suppressions import add_suppression
 
 logger = logging.getLogger(__name__)
+
+
+class MalformedWebhook(SuspiciousOperation):
+    """A webhook that passed the secret check but whose body cannot be read.
+
+    A SuspiciousOperation, so Django answers 400 (logged under django.security), never a
+    500 with a traceback; the provider learns the request itself was wrong.
+    """
+
+
+class PostmarkTrackingView(PostmarkTrackingWebhookView):  # type: ignore[misc]  # anymail is untyped
+    """anymail's Postmark tracking webhook, answering a malformed body with 400.
+
+    The secret is checked first, as in anymail; only then is the body parsed.
+    """
+
+    def parse_events(self, request: HttpRequest) -> list[Any]:
+        try:
+            events: list[Any] = super().parse_events(request)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise MalformedWebhook(f"malformed Postmark webhook body: {error!r}") from None
+        return events
+
 
 S = Delivery.Status
 

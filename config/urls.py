@@ -6,6 +6,7 @@ from django.urls import include, path
 from django.views.decorators.http import require_GET
 
 from campaigns import views as campaign_views
+from campaigns.webhooks import PostmarkTrackingView
 
 
 @require_GET
@@ -27,7 +28,13 @@ urlpatterns = [
     ),
     path("healthz", healthz, name="healthz"),
     path("", include("campaigns.urls")),
-    # Provider tracking webhooks (basic-auth secret from ANYMAIL_WEBHOOK_SECRET).
+    # Provider tracking webhooks (basic-auth secret from ANYMAIL_WEBHOOK_SECRET). Postmark's
+    # is ours first: anymail's own answers a malformed body with a 500.
+    path(
+        "anymail/postmark/tracking/",
+        PostmarkTrackingView.as_view(),
+        name="postmark_tracking_webhook",
+    ),
     path("anymail/", include("anymail.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -7,7 +7,9 @@ counts as one address only when all of them read the same single address."""
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
 from email import message_from_bytes, policy
 from email.errors import HeaderParseError
 from email.utils import getaddresses
@@ -20,9 +22,9 @@ from django.core.mail import EmailMessage
 from django.core.mail.message import sanitize_address
 from django.utils.encoding import punycode
 
-from accounts.validators import single_address_error
+from accounts.validators import FORMAT_CHARACTERS, single_address_error
 
-from .vocabulary import ADDRESS_TOKEN, SERIALIZED_RECIPIENT_HEADERS, GuardViolation
+from .vocabulary import SERIALIZED_RECIPIENT_HEADERS, GuardViolation, address_tokens_in
 
 
 def _parsed_by_every_parser(value: str, encoding: str) -> dict[str, list[str]]:
@@ -161,14 +163,33 @@ def require_serialized_recipient(
             )
 
 
+# A tag, comment or declaration, stopping at the next "<": linear even on "<a <a <a ...".
+_MARKUP = re.compile(r"<[^<>]*>")
+
+
+def shown_variants(text: str) -> Iterator[str]:
+    """`text` as bytes on the wire and as a mail client may show it.
+
+    The raw text (attributes included), then with HTML entities and %-escapes undone,
+    then with tags removed (`zoe<span></span>@example.net` shows as one address); each
+    NFKC-normalized (a full-width "＠" is "@") with invisible format characters removed
+    (a zero-width space before the "@" is not seen). Each step is linear in the text.
+    """
+    unescaped = html.unescape(text)
+    seen: set[str] = set()
+    for variant in (text, unescaped, unquote(unescaped), html.unescape(_MARKUP.sub("", text))):
+        shown = FORMAT_CHARACTERS.sub("", unicodedata.normalize("NFKC", variant))
+        if shown not in seen:  # plain text reads the same every way: search it once
+            seen.add(shown)
+            yield shown
+
+
 def address_tokens(texts: Iterable[str]) -> set[str]:
-    """Address-like tokens in `texts`, also after undoing HTML entities and %-escapes."""
+    """Address-like tokens in `texts`, in every form a reader could see them."""
     tokens: set[str] = set()
     for text in texts:
-        unescaped = html.unescape(text)
-        for variant in (text, unescaped, unquote(unescaped)):
-            for match in ADDRESS_TOKEN.findall(variant):
-                tokens.add(match.rstrip(".").lower())
+        for variant in shown_variants(text):
+            tokens.update(address_tokens_in(variant))
     return tokens
 
 

@@ -112,8 +112,15 @@ SERIALIZED_RECIPIENT_HEADERS = (
     "Apparently-To",
 )
 
-# Anything that reads as local@domain; deliberately loose, it only has to find candidates.
-ADDRESS_TOKEN = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+# What reads as local@domain; deliberately loose, it only has to find candidates. Searched
+# outward from each "@" (see address_tokens_in): a left-to-right regex search for a local
+# part takes time that grows with the square of a long run of letters.
+_LOCAL_CHARACTERS = r"[\w.!#$%&'*+/=?^`{|}~-]"
+_LOCAL_PART_REVERSED = re.compile(_LOCAL_CHARACTERS + "++")
+_PLAIN_LOCAL_PART_REVERSED = re.compile(r"[\w.+-]++")
+_DOMAIN = re.compile(r"[\w-]++(?:\.[\w-]++)+")
+# An "@" between a local-part character and something that can start a dotted domain.
+_CANDIDATE_AT = re.compile(rf"(?<={_LOCAL_CHARACTERS})@(?=[\w-]++\.[\w-])")
 # CR, LF and every other character some parser treats as a line break, plus NUL.
 LINE_BREAK = re.compile("[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 # RFC 5322 field name: printable ASCII except the colon.
@@ -130,13 +137,38 @@ def present(message: EmailMessage, attr: str) -> bool:
     return getattr(message, attr, UNSET) is not UNSET
 
 
+def address_tokens_in(text: str) -> Iterator[str]:
+    """Every local@domain in `text`, lower-cased, in linear time.
+
+    For each "@" the local part is read backwards and the domain forwards; neither run
+    can cross another "@", so every character is read at most twice. Overlapping
+    candidates ("a@b.c@d.e" gives both) are all reported: more candidates is safe here.
+    """
+    if "@" not in text:
+        return
+    reversed_text = text[::-1]
+    size = len(text)
+    for candidate in _CANDIDATE_AT.finditer(text):
+        at = candidate.start()
+        local = _LOCAL_PART_REVERSED.match(reversed_text, size - at)
+        domain = _DOMAIN.match(text, at + 1)
+        if local is None or domain is None:
+            continue
+        address = f"@{domain.group()}".rstrip(".").lower()
+        yield f"{local.group()[::-1]}{address}".lower()
+        # "a@b.com!c@d.org" reads as c@d.org too: also the tail of plain address characters.
+        plain = _PLAIN_LOCAL_PART_REVERSED.match(reversed_text, size - at)
+        if plain is not None and len(plain.group()) < len(local.group()):
+            yield f"{plain.group()[::-1]}{address}".lower()
+
+
 def smuggled_header_reason(name: object, value: object) -> str | None:
     key = field_key(name)
     if key in RECIPIENT_FIELDS or key in BATCH_SWITCHES or key.startswith("resent-"):
         return f"header {name!s} names recipients"
     if key in SENDER_HEADERS:
         return None
-    if ADDRESS_TOKEN.search(str(value)):
+    if next(address_tokens_in(str(value)), None) is not None:
         return f"header {name!s} carries an address"
     return None
 

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from django.core.exceptions import ValidationError
 
 from accounts.validators import (
+    FORMAT_CHARACTERS,
     body_text_error,
     person_text_error,
     single_address_error,
@@ -75,3 +78,18 @@ def test_body_text_allows_line_breaks_and_emoji_joiners_but_not_bidi_overrides()
         "contains the invisible character U+202E (right-to-left override)",
     )
     assert body_text_error("a\x00b") == (1, "contains the control character U+0000 (NUL)")
+
+
+def test_the_format_character_list_is_unicode_category_cf() -> None:
+    every_cf = {chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"}
+    matched = {chr(c) for c in range(0x110000) if FORMAT_CHARACTERS.fullmatch(chr(c))}
+    assert matched == every_cf
+
+
+def test_a_joiner_inside_an_emoji_sequence_is_fine_anywhere_else_it_is_not() -> None:
+    assert person_text_error("Ada 👩\u200d💻") is None
+    assert person_text_error("Ada 👍🏽\u200d💻") is None
+    assert person_text_error("zoe\u200d@example.net") == (
+        3,
+        "contains the invisible character U+200D (zero width joiner)",
+    )

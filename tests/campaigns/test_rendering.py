@@ -183,8 +183,11 @@ def expected_display_name(name: str) -> str:
     """What the builder must do with a name: keep it (stripped) or drop it."""
     normalized = unicodedata.normalize("NFKC", name)
     control = any(unicodedata.category(c) == "Cc" or c in "\u2028\u2029" for c in name)
+    # Bidi overrides reorder what a reader sees: such a name is not shown at all.
+    bidi = any(c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069" for c in name)
     if (
         control
+        or bidi
         or ADDRESS_LOOKALIKES.intersection(name)
         or ADDRESS_LOOKALIKES.intersection(normalized)
     ):
@@ -241,7 +244,7 @@ def test_a_thousand_awkward_names_each_parse_as_exactly_their_one_recipient(
         assert found & everyone == {address}, (name, found & everyone)
         assert str(strict["Subject"]) == f"Spring news for {first_name}"
     # Both paths were exercised: names kept (encoded or plain) and names dropped.
-    assert 500 < kept_names < 1000
+    assert 400 < kept_names < 1000
     assert time.monotonic() - started < 20
 
 
