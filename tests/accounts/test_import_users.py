@@ -73,7 +73,9 @@ def test_messy_file_reports_each_bad_row_by_line_and_imports_the_good_ones(
     assert "exactly one @" in reasons[3]
     assert "','" in reasons[4] and "one bare address" in reasons[4]
     assert "quoted local part" in reasons[5]
-    assert reasons[8] == "last_name contains a control character or line break"
+    assert reasons[8] == (
+        "last_name contains the control character U+000A (line feed) at character 6"
+    )
     assert "staff account" in reasons[12]
     assert "locale" in reasons[13]
     # A comma-joined cell never becomes two people.
@@ -107,7 +109,7 @@ def test_multiline_cell_keeps_physical_line_numbers_for_later_rows(tmp_path: Pat
 
     # Line 2 starts the record; its quoted newline makes it a control-character error.
     assert error_reasons(report) == {
-        2: "first_name contains a control character or line break",
+        2: "first_name contains the control character U+000A (line feed) at character 4",
         4: "invalid address: must contain exactly one @",
     }
 
