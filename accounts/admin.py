@@ -26,7 +26,6 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
@@ -530,7 +529,7 @@ class RoleGrantAdmin(ReadOnlyAdmin):
         form_url: str = "",
         extra_context: dict[str, Any] | None = None,
     ) -> HttpResponse:
-        grant = RoleGrant.objects.filter(pk=object_id).first()
+        grant = self.get_object(request, unquote(object_id))
         extra = dict(extra_context or {})
         if grant is not None:
             extra["decision_refusal"] = grant_decision_refusal(grant, request.user)
@@ -539,7 +538,9 @@ class RoleGrantAdmin(ReadOnlyAdmin):
 
     def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST confirm or refuse (CSRF-checked by the admin); the service holds the rules."""
-        grant = get_object_or_404(RoleGrant, pk=unquote(object_id))
+        grant = self.get_object(request, unquote(object_id))
+        if grant is None:
+            raise Http404
         decider = _editor(request)
         if not decider.has_role_perm("accounts.decide_rolegrant"):
             raise PermissionDenied("Only a Compliance member can confirm or refuse a grant.")

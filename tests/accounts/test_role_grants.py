@@ -187,3 +187,10 @@ def test_deciding_needs_post_and_csrf(root: User, rita: User) -> None:
     assert grant.outcome == "pending"
     response = signed_in(rita).post(url, {"confirm": "1"}, follow=True)
     assert any("confirmed" in message for message in page_messages(response))
+
+
+def test_grant_pages_answer_404_for_ids_that_are_not_grants(rita: User) -> None:
+    client = signed_in(rita)
+    assert client.get("/admin/accounts/rolegrant/x/change/", follow=True).status_code == 200
+    assert client.post("/admin/accounts/rolegrant/x/decide/", {"confirm": "1"}).status_code == 404
+    assert client.post("/admin/accounts/rolegrant/999/decide/", {"confirm": "1"}).status_code == 404
