@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group
 from django.core import mail
+from django.core.mail.backends.base import BaseEmailBackend
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
@@ -246,3 +247,17 @@ def test_account_pages_open_for_the_roles_that_use_them(root: User, rita: User) 
     reviewer = signed_in(rita)
     assert "Role grants" in reviewer.get(reverse("admin:index")).content.decode()
     assert reviewer.get(reverse("admin:accounts_user_changelist")).status_code == 403
+
+
+class BrokenTransport(BaseEmailBackend):
+    def send_messages(self, email_messages: Any) -> int:
+        raise OSError("connection refused")
+
+
+def test_create_staff_says_how_to_go_on_when_mail_fails(settings: Any) -> None:
+    settings.EMAIL_TRANSPORT = f"{__name__}.BrokenTransport"
+    with pytest.raises(CommandError, match="manage.py send_password_link ada"):
+        run("create_staff", "ada", "ada@example.com", "--role", "Admin")
+    ada = User.objects.get(username="ada")
+    assert not ada.has_usable_password()
+    assert not AuditEvent.objects.filter(action="user.password_link_sent").exists()

@@ -52,7 +52,9 @@ class Command(BaseCommand):
             services.send_password_link(
                 user, by=None, reason="A Countersign account was created for you"
             )
-        except Exception as exc:  # noqa: BLE001  (the account exists; say how to go on)
+        except Exception as exc:
+            # The account exists whatever the transport raised (SMTP, a provider, the
+            # guard): say so, and how to send the link once mail works.
             raise CommandError(
                 f"Created {user.username}, but the link could not be mailed ({exc}). Fix the "
                 f"mail settings, then run: manage.py send_password_link {user.username}"
