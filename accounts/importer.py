@@ -38,7 +38,7 @@ from .models import AudienceAttribute, User
 from .validators import (
     ACCOUNT_FIELDS,
     BUILDER_FIELDS,
-    HEADER_CONTROL,
+    explain_person_text_error,
     normalize_address,
     single_address_error,
 )
@@ -257,13 +257,15 @@ def row_error(row: MemberRow) -> str | None:
         limit = _FIELD_LIMITS[name] or 0
         if len(value) > limit:
             return f"{name} is longer than {limit} characters"
-        if HEADER_CONTROL.search(value):
-            return f"{name} contains a control character or line break"
+        why = explain_person_text_error(value)
+        if why is not None:
+            return f"{name} {why}"
     if row.locale and not _LOCALE.fullmatch(row.locale):
         return f"locale {row.locale!r} is not a language code like en, de or pt-BR"
     for name, value in row.attributes.items():
-        if HEADER_CONTROL.search(value):
-            return f"{name} contains a control character or line break"
+        why = explain_person_text_error(value)
+        if why is not None:
+            return f"{name} {why}"
     return None
 
 

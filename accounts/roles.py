@@ -1,7 +1,9 @@
 """Roles are groups: Ops compose, Compliance approves, Admin runs the system.
 
 The groups are made by a data migration and re-synced after every migrate (and after a
-test database flush, which empties auth tables and then sends post_migrate).
+test database flush, which empties auth tables and then sends post_migrate). They are
+defined here and nowhere else: the admin shows them read-only, and a user's role
+permissions come from these groups alone (never from permissions granted one by one).
 """
 
 from __future__ import annotations
@@ -11,6 +13,14 @@ from typing import Any
 from django.apps import apps
 from django.contrib.auth.management import create_permissions
 from django.contrib.auth.models import Group, Permission
+
+from audit.chain import record_audit
+from audit.models import AuditEvent
+
+# The role that approves. Holding it (or the superuser flag) takes a second person: it is
+# granted only when another Compliance member confirms it (accounts.RoleGrant), and only
+# its holder ever chooses its password.
+COMPLIANCE = "Compliance"
 
 ROLES: dict[str, list[str]] = {
     "Ops": [
@@ -37,6 +47,8 @@ ROLES: dict[str, list[str]] = {
         "campaigns.view_approval",
         "audit.view_auditevent",
         "campaigns.view_suppression",
+        "accounts.view_rolegrant",
+        "accounts.decide_rolegrant",
     ],
     "Admin": [
         "accounts.add_user",
@@ -56,14 +68,20 @@ ROLES: dict[str, list[str]] = {
         "campaigns.view_approval",
         "audit.view_auditevent",
         "campaigns.view_providerevent",
+        "accounts.view_rolegrant",
     ],
 }
 
 
-def sync_roles(*, group_model: Any, permission_model: Any) -> None:
-    """Create the role groups and grant each its permissions (never removes anything)."""
+def sync_roles(*, group_model: Any, permission_model: Any) -> dict[str, list[str]]:
+    """Create the role groups and grant each its permissions (never removes anything).
+
+    Returns what it added: {role: [permission, ...]} for each role that changed.
+    """
+    added: dict[str, list[str]] = {}
     for role, perms in ROLES.items():
         group, _ = group_model.objects.get_or_create(name=role)
+        held = set(group.permissions.values_list("pk", flat=True))
         wanted = []
         for perm in perms:
             app_label, codename = perm.split(".")
@@ -72,13 +90,20 @@ def sync_roles(*, group_model: Any, permission_model: Any) -> None:
             found = permission_model.objects.filter(
                 content_type__app_label=app_label, codename=codename
             ).first()
-            if found is not None:
+            if found is not None and found.pk not in held:
                 wanted.append(found)
+                added.setdefault(role, []).append(perm)
         group.permissions.add(*wanted)
+    return added
 
 
 def sync_roles_after_migrate(**kwargs: Any) -> None:
     # post_migrate reaches apps in INSTALLED_APPS order; make sure every permission exists.
     for app_config in apps.get_app_configs():
         create_permissions(app_config, verbosity=0, using=kwargs.get("using", "default"))
-    sync_roles(group_model=Group, permission_model=Permission)
+    added = sync_roles(group_model=Group, permission_model=Permission)
+    # Roles change only with the code, at a deployment. Once the audit chain has begun, the
+    # chain says what a deployment added to a live system's roles; a fresh installation's
+    # first sync (and a test database's) is the installation itself, not a change.
+    if added and AuditEvent.objects.exists():
+        record_audit("roles.synced", data={"added": added, "source": "migrate"})

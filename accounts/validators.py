@@ -89,6 +89,15 @@ def person_text_error(value: str) -> tuple[int, str] | None:
     return _first_problem(value, HEADER_CONTROL)
 
 
+def explain_person_text_error(value: str) -> str | None:
+    """`person_text_error` in words, with a 1-based position: for form and import errors."""
+    error = person_text_error(value)
+    if error is None:
+        return None
+    position, why = error
+    return f"{why} at character {position + 1}"
+
+
 def body_text_error(value: str) -> tuple[int, str] | None:
     """(position, why) if `value` may not be the literal text of a message body.
 
@@ -122,6 +131,12 @@ def single_address_error(value: object) -> str | None:
         return "is empty"
     if _CONTROL.search(value):
         return "contains a control character or line break"
+    index = _first_format_character(value)
+    if index is not None:
+        # A domain may be internationalized, but never invisible: IDNA drops a zero-width
+        # space silently (the address shown is not the one mailed) and a bidi override
+        # makes the shown address read backwards.
+        return f"contains the invisible character {describe_character(value[index])}"
     if value != value.strip():
         return "has leading or trailing spaces"
     if value.startswith('"') or '"' in value:

@@ -10,6 +10,7 @@ from functools import update_wrapper
 from typing import Any
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -17,6 +18,7 @@ from django.urls import URLPattern, path
 
 from accounts.models import User
 from accounts.role_admin import ReadOnlyAdmin, RoleAdmin, has_role
+from audit.chain import record_audit
 from audit.models import AuditEvent
 
 from . import services, views
@@ -41,8 +43,65 @@ admin.site.index_title = "Campaigns that reach one person per message"
 
 @admin.register(SenderIdentity)
 class SenderIdentityAdmin(RoleAdmin):
+    """Who a campaign says it is from. Every create, change and delete is in the audit chain.
+
+    The admin's add, change and delete views run in a transaction, so the event commits
+    with the change or not at all.
+    """
+
     list_display = ("name", "from_name", "from_address", "reply_to", "message_id_domain")
     search_fields = ("name", "from_address")
+    AUDITED_FIELDS = (
+        "name",
+        "from_name",
+        "from_address",
+        "reply_to",
+        "postal_address",
+        "message_id_domain",
+    )
+
+    def _values(self, obj: SenderIdentity) -> dict[str, Any]:
+        return {name: getattr(obj, name) for name in self.AUDITED_FIELDS}
+
+    def save_model(
+        self,
+        request: HttpRequest,
+        obj: SenderIdentity,
+        form: ModelForm[SenderIdentity],
+        change: bool,
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            record_audit(
+                "sender_identity.created", actor=request.user, obj=obj, data=self._values(obj)
+            )
+            return
+        changes = {
+            name: [form.initial.get(name), getattr(obj, name)]
+            for name in form.changed_data
+            if name in self.AUDITED_FIELDS
+        }
+        if changes:
+            record_audit(
+                "sender_identity.changed",
+                actor=request.user,
+                obj=obj,
+                data={"name": obj.name, "changes": changes},
+            )
+
+    def delete_model(self, request: HttpRequest, obj: SenderIdentity) -> None:
+        # Recorded first, while the row still has its id; a refused delete (a campaign
+        # still uses it) rolls the event back with it.
+        record_audit("sender_identity.deleted", actor=request.user, obj=obj, data=self._values(obj))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SenderIdentity]) -> None:
+        with transaction.atomic():
+            for obj in queryset:
+                record_audit(
+                    "sender_identity.deleted", actor=request.user, obj=obj, data=self._values(obj)
+                )
+            super().delete_queryset(request, queryset)
 
 
 EDITABLE = (Campaign.Status.DRAFT, Campaign.Status.IN_REVIEW, Campaign.Status.APPROVED)

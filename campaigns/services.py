@@ -18,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.seeds import seed_address_problems
 from audit.chain import record_audit
 
 from .audience import freeze_audience
@@ -192,11 +193,17 @@ def send_test(campaign: Campaign, *, by: User) -> TestSendResult:
     problems = template_problems(campaign)
     if problems:
         raise IllegalTransition("Cannot send a test: " + "; ".join(problems))
+    seeds = by.seed_address_list()
+    # Checked again here, not only when the seeds were saved: the rules may have tightened
+    # since, and an unreviewed draft must never reach an audience member.
+    refused = seed_address_problems(seeds)
+    if refused:
+        raise IllegalTransition("Cannot send a test: " + " ".join(refused))
     result = TestSendResult()
     now = timezone.now()
     messages = [
         build_message(campaign, recipient_for_test(campaign, by, address), send_time=now)
-        for address in by.seed_address_list()
+        for address in seeds
     ]
     connection = get_connection()
     with connection:

@@ -37,7 +37,7 @@ from . import services
 from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
-from .permissions import can_decide
+from .permissions import decision_refusal
 from .rendering import (
     MESSAGE_ERRORS,
     build_message,
@@ -103,6 +103,10 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         return _back(campaign)
     result = build_review(campaign)
     recipients = Delivery.objects.filter(campaign=campaign).order_by("id")[:50]
+    # Why this person may not decide (shown in place of the buttons), None if they may.
+    refusal = (
+        decision_refusal(user, campaign) if campaign.status == Campaign.Status.IN_REVIEW else None
+    )
     context = {
         **site_context,
         "title": f"Review: {campaign.name}",
@@ -111,8 +115,8 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         "review": result,
         "digest": campaign.frozen_digest,
         "recipients": recipients,
-        "can_decide": campaign.status == Campaign.Status.IN_REVIEW and can_decide(user, campaign),
-        "is_reviewer": user.has_role_perm("campaigns.approve_campaign"),
+        "can_decide": campaign.status == Campaign.Status.IN_REVIEW and refusal is None,
+        "decision_refusal": refusal,
         "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
         "remote_images": request.GET.get("remote_images") == "1",
     }

@@ -306,6 +306,10 @@ SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 50)
 # How many batch chains run side by side for one campaign (at most one per worker process helps).
 SEND_PARALLEL_BATCHES = env_int("SEND_PARALLEL_BATCHES", 2)
 CLAIM_LEASE_SECONDS = env_int("CLAIM_LEASE_SECONDS", 300)
+# Test sends carry unreviewed drafts: only to active staff accounts' addresses or these
+# internal domains (comma-separated), never to an audience member, and only a few.
+TEST_SEND_INTERNAL_DOMAINS = env_list("TEST_SEND_INTERNAL_DOMAINS", [])
+TEST_SEND_MAX_SEEDS = env_int("TEST_SEND_MAX_SEEDS", 5)
 
 LOGGING: dict[str, Any] = {
     "version": 1,

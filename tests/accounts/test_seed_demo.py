@@ -207,5 +207,6 @@ def test_seeding_a_thousand_members_uses_bulk_queries() -> None:
     with CaptureQueriesContext(connection) as queries:
         seed(users=1_000)
     assert User.objects.filter(is_staff=False).count() == 1_000
-    # Row-by-row inserts would take over a thousand statements.
-    assert len(queries.captured_queries) < 80
+    # Row-by-row inserts would take over a thousand statements. The four staff accounts,
+    # each created with its audit event, take about a hundred between them.
+    assert len(queries.captured_queries) < 150

@@ -345,7 +345,11 @@ def test_live_audience_count_endpoint(olivia: User, audience: list[User]) -> Non
 # --- Test send -----------------------------------------------------------------------------------
 
 
-def test_test_send_goes_to_each_seed_address_alone(olivia: User, audience: list[User]) -> None:
+def test_test_send_goes_to_each_seed_address_alone(
+    olivia: User, audience: list[User], settings: Any
+) -> None:
+    # Seeds are staff addresses, or addresses in an internal test domain (like her phone's).
+    settings.TEST_SEND_INTERNAL_DOMAINS = ["example.net"]
     olivia.seed_addresses = "olivia@example.com\nolivia.phone@example.net\n"
     olivia.save()
     campaign = make_campaign(olivia)

@@ -17,6 +17,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
+from accounts import events, services
 from accounts.importer import ImportReport, MemberRow, import_members
 from accounts.models import User
 from audit.chain import record_audit
@@ -205,21 +206,31 @@ class Command(BaseCommand):
             self.stdout.write(f"  {person.username:<8} {person.email:<22} {role}")
 
     def ensure_staff(self, person: DemoStaff, password: str) -> User:
-        user = User.objects.filter(username=person.username).first()
-        if user is None:
-            if User.objects.filter(email__iexact=person.email).exists():
-                raise CommandError(
-                    f"{person.email} belongs to another account; cannot create {person.username}."
+        """Create or repair one demo staff member; every change is audited (actor: system).
+
+        The demo is an installation: its first Compliance member (rita) and its superuser
+        come from here, as they would from `create_staff` in production, not through grants.
+        """
+        with transaction.atomic():
+            user = User.objects.filter(username=person.username).first()
+            if user is None:
+                if User.objects.filter(email__iexact=person.email).exists():
+                    raise CommandError(
+                        f"{person.email} belongs to another account; cannot create "
+                        f"{person.username}."
+                    )
+                user = User(
+                    username=person.username,
+                    email=person.email,
+                    first_name=person.first_name,
+                    is_staff=True,
+                    is_superuser=person.superuser,
                 )
-            user = User.objects.create_user(
-                username=person.username,
-                email=person.email,
-                password=password,
-                first_name=person.first_name,
-                is_staff=True,
-                is_superuser=person.superuser,
-            )
-        else:
+                user.set_password(password)
+                return services.create_account(
+                    user, by=None, source="seed_demo", roles=[person.role]
+                )
+            before = User.objects.get(pk=user.pk)
             wanted = {
                 "email": person.email,
                 "is_staff": True,
@@ -232,12 +243,21 @@ class Command(BaseCommand):
             # Only when it differs: hashing is slow on purpose, and a rerun should write nothing.
             if not user.check_password(password):
                 user.set_password(password)
-                changed.append("password")
+                user.attribute_password(None, owner_only=False)
+                changed += ["password", "password_set_by", "password_set_at", "password_owner_only"]
+                record_audit(
+                    events.PASSWORD_SET,
+                    obj=user,
+                    data={"username": user.username, "via": "seed_demo"},
+                )
             if changed:
                 user.save(update_fields=changed)
-        group = Group.objects.get(name=person.role)
-        if not user.groups.filter(pk=group.pk).exists():
-            user.groups.add(group)
+            held = set(user.groups.values_list("name", flat=True))
+            if person.role not in held:
+                user.groups.add(Group.objects.get(name=person.role))
+            services.record_account_changes(
+                before, user, held=held, wanted=held | {person.role}, by=None
+            )
         return user
 
     def seed_audience(self, count: int) -> ImportReport:
