@@ -78,6 +78,19 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/"
 # Local state of the embedded mode: database, broker folders, outbox, beat schedule.
 VAR_DIR = env_path("VAR_DIR", BASE_DIR / "var")
 
+# --- Audit anchor -------------------------------------------------------------------------
+# The audit chain's head, signed with this key and appended to AUDIT_ANCHOR_PATH after
+# every approval and every AUDIT_ANCHOR_INTERVAL_SECONDS (audit/anchor.py). The key never
+# enters the database, so whoever rewrites the database cannot re-sign the chain.
+AUDIT_ANCHOR_KEY = env_str("AUDIT_ANCHOR_KEY")
+if not AUDIT_ANCHOR_KEY and DEBUG:
+    # DEBUG only: per checkout like SECRET_KEY's, and distinct from it. With DEBUG off a
+    # missing key is the system check audit.E001 (settings still load, so the image build's
+    # collectstatic needs no secret but its dummy SECRET_KEY).
+    AUDIT_ANCHOR_KEY = "debug-only-audit-anchor-" + str(BASE_DIR)
+AUDIT_ANCHOR_PATH = env_path("AUDIT_ANCHOR_PATH", VAR_DIR / "audit" / "anchors.jsonl")
+AUDIT_ANCHOR_INTERVAL_SECONDS = env_float("AUDIT_ANCHOR_INTERVAL_SECONDS", 60.0)
+
 INSTALLED_APPS = [
     "accounts",
     "audit",
@@ -308,6 +321,8 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     # Repairs expired claims, launches due scheduled campaigns, re-dispatches lost work,
     # marks campaigns complete. Cheap when there is nothing to do.
     "sweep": {"task": "countersign.sweep", "schedule": env_float("SWEEP_INTERVAL_SECONDS", 15.0)},
+    # Anchors the audit chain outside the database (approvals are anchored at once too).
+    "anchor-audit": {"task": "countersign.anchor_audit", "schedule": AUDIT_ANCHOR_INTERVAL_SECONDS},
 }
 
 REDIS_URL = env_str("REDIS_URL")
