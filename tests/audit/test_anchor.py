@@ -205,9 +205,9 @@ def test_verify_audit_checks_the_chain_against_its_anchors(
 
     out, _ = _verify(capsys)
 
-    assert "Audit chain intact: 6 events verified; they agree with 1 signed anchors" in out
+    assert "Audit chain intact: 6 events verified; they agree with 1 signed anchor in" in out
     assert "covers events up to #4" in out
-    assert "2 newer events are not anchored yet" in out
+    assert "2 newer events not anchored yet" in out
 
 
 def test_verify_audit_warns_that_an_unanchored_chain_is_only_checked_against_itself(
@@ -230,7 +230,7 @@ def test_verify_audit_reads_the_anchor_file_it_is_given(
 
     out, _ = _verify(capsys, "--anchor-file", str(copy))
 
-    assert f"agree with 1 signed anchors in {copy}" in out
+    assert f"agree with 1 signed anchor in {copy}" in out
 
 
 def test_verify_audit_needs_the_key_to_read_anchors(settings: Any) -> None:

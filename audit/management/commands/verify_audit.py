@@ -67,12 +67,16 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"Audit chain intact: {last} events verified; they agree with "
-                f"{len(anchors.anchors)} signed anchors in {anchors.path} (the newest, signed "
-                f"{newest.at}, covers events up to #{newest.seq})."
+                f"{_count(len(anchors.anchors), 'signed anchor')} in {anchors.path} "
+                f"(the newest, signed {newest.at}, covers events up to #{newest.seq})."
             )
         )
         if last > newest.seq:
             self.stdout.write(
-                f"{last - newest.seq} newer events are not anchored yet (the next anchor "
+                f"{_count(last - newest.seq, 'newer event')} not anchored yet (the next anchor "
                 "covers them)."
             )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
