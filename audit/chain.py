@@ -8,6 +8,7 @@ from typing import Any
 from django.db import models, transaction
 from django.utils import timezone
 
+from .anchor import ANCHORED_ACTIONS, anchor_after_commit
 from .models import GENESIS_HASH, AuditChainHead, AuditEvent
 
 
@@ -21,7 +22,8 @@ def record_audit(
     """Append one event to the chain, in the caller's transaction.
 
     The chain head row is locked for the rest of the transaction, which serializes
-    writers: two concurrent events can never both link to the same predecessor.
+    writers: two concurrent events can never both link to the same predecessor. A
+    decision (`ANCHORED_ACTIONS`) is also anchored outside the database once it commits.
     """
     payload = json.loads(json.dumps(data or {}, default=str))
     with transaction.atomic():
@@ -43,6 +45,8 @@ def record_audit(
         head.seq = event.seq
         head.hash = event.hash
         head.save(update_fields=["seq", "hash"])
+        if action in ANCHORED_ACTIONS:
+            anchor_after_commit()
     return event
 
 

@@ -8,6 +8,7 @@ and a real mail transport. The README documents every variable.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,25 @@ PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/"
 # Local state of the embedded mode: database, broker folders, outbox, beat schedule.
 VAR_DIR = env_path("VAR_DIR", BASE_DIR / "var")
 
+# --- Audit anchor -------------------------------------------------------------------------
+# The audit chain's head, signed with this key and appended to AUDIT_ANCHOR_PATH after
+# every approval and every AUDIT_ANCHOR_INTERVAL_SECONDS (audit/anchor.py). The key never
+# enters the database, so whoever rewrites the database cannot re-sign the chain.
+AUDIT_ANCHOR_KEY = env_str("AUDIT_ANCHOR_KEY")
+if not AUDIT_ANCHOR_KEY and DEBUG:
+    # DEBUG only: per checkout like SECRET_KEY's, and distinct from it. With DEBUG off a
+    # missing key is the system check audit.E001 (settings still load, so the image build's
+    # collectstatic needs no secret but its dummy SECRET_KEY).
+    AUDIT_ANCHOR_KEY = "debug-only-audit-anchor-" + str(BASE_DIR)
+AUDIT_ANCHOR_PATH = env_path("AUDIT_ANCHOR_PATH", VAR_DIR / "audit" / "anchors.jsonl")
+AUDIT_ANCHOR_INTERVAL_SECONDS = env_float("AUDIT_ANCHOR_INTERVAL_SECONDS", 60.0)
+
 INSTALLED_APPS = [
     "accounts",
     "audit",
     "campaigns",
     "anymail",
+    "axes",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -103,6 +118,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "accounts.middleware.UserTimezoneMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: it turns a login refused by the throttle into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -157,7 +174,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Accounts ---------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
-AUTHENTICATION_BACKENDS = ["accounts.backends.UsernameOrEmailBackend"]
+AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out sign-in before any password is checked.
+    "accounts.login_throttle.LoginThrottleBackend",
+    "accounts.backends.UsernameOrEmailBackend",
+]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -165,6 +186,30 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+
+# Login throttle (django-axes, accounts/login_throttle.py): LOGIN_FAILURE_LIMIT wrong
+# passwords for one account from one address lock that pair out for LOGIN_COOLOFF_MINUTES.
+# 5 and 15 minutes: a reviewer who mistypes a few times is not stopped, one who is stopped
+# waits a quarter of an hour at most (retrying meanwhile does not extend it), while a
+# guesser gets 20 tries an hour per address instead of thousands.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+# "olivia", "OLIVIA@example.com" and "olivia@example.com" are one account and one count.
+AXES_USERNAME_CALLABLE = "accounts.login_throttle.throttle_username"
+AXES_CLIENT_IP_CALLABLE = "accounts.login_throttle.client_ip"
+AXES_LOCKOUT_CALLABLE = "accounts.login_throttle.lockout_response"
+# Behind the compose stack's proxy every request comes from the proxy: the client is the
+# address it appends to X-Forwarded-For (only when that proxy is the sole way in).
+TRUST_X_FORWARDED_FOR = env_bool("TRUST_X_FORWARDED_FOR", False)
+# Lockouts are audited in the chain; axes' own logs of every sign-in would be a second,
+# unbounded history, and its admin pages would bypass the role-based admin.
+AXES_DISABLE_ACCESS_LOG = True
+AXES_ENABLE_ADMIN = False
+# No version banner on every manage.py command and worker start.
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
@@ -294,6 +339,8 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
     # Repairs expired claims, launches due scheduled campaigns, re-dispatches lost work,
     # marks campaigns complete. Cheap when there is nothing to do.
     "sweep": {"task": "countersign.sweep", "schedule": env_float("SWEEP_INTERVAL_SECONDS", 15.0)},
+    # Anchors the audit chain outside the database (approvals are anchored at once too).
+    "anchor-audit": {"task": "countersign.anchor_audit", "schedule": AUDIT_ANCHOR_INTERVAL_SECONDS},
 }
 
 REDIS_URL = env_str("REDIS_URL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -59,6 +60,13 @@ def _guarded_mail(settings: Any) -> None:
     # every test's mail passes the same guard as production mail.
     settings.EMAIL_BACKEND = "campaigns.backends.GuardedBackend"
     settings.EMAIL_TRANSPORT = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture(autouse=True)
+def _audit_anchor_per_test(settings: Any, tmp_path: Path) -> None:
+    # The anchor log is a file, so it outlives each test's rolled-back database: every test
+    # gets its own, or one test's anchors would disagree with the next test's chain.
+    settings.AUDIT_ANCHOR_PATH = tmp_path / "audit-anchors.jsonl"
 
 
 @pytest.fixture(autouse=True)

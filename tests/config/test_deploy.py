@@ -70,6 +70,7 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "SECRET_KEY": secrets.token_urlsafe(64),
+        "AUDIT_ANCHOR_KEY": secrets.token_urlsafe(64),
         "ALLOWED_HOSTS": PUBLIC_HOST,
         "CSRF_TRUSTED_ORIGINS": f"https://{PUBLIC_HOST}",
         "PUBLIC_BASE_URL": f"https://{PUBLIC_HOST}",
