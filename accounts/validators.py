@@ -66,6 +66,12 @@ def _joins_emoji(value: str, index: int) -> bool:
     )
 
 
+def _first_format_character(value: str) -> int | None:
+    """Index of the first invisible format character in `value`, if any (addresses allow none)."""
+    match = FORMAT_CHARACTERS.search(value)
+    return match.start() if match is not None else None
+
+
 def _first_problem(value: str, control: re.Pattern[str]) -> tuple[int, str] | None:
     match = control.search(value)
     if match is not None:
