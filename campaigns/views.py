@@ -38,6 +38,7 @@ from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .permissions import decision_refusal
+from .progress import campaign_progress
 from .rendering import (
     MESSAGE_ERRORS,
     build_message,
@@ -294,6 +295,18 @@ def audience_count(request: HttpRequest) -> JsonResponse:
             "unmatched_list_addresses": summary.unmatched_list_addresses,
         }
     )
+
+
+@require_GET
+def progress_json(request: HttpRequest, pk: int) -> JsonResponse:
+    """The sending panel's numbers, for its poller: read from the counters, never the ledger."""
+    user = _user(request)
+    if not user.has_role_perm("campaigns.view_campaign"):
+        raise PermissionDenied("Your role does not grant campaigns.view_campaign.")
+    campaign = get_object_or_404(Campaign, pk=pk)
+    response = JsonResponse(campaign_progress(campaign).as_json())
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 # --- Operator controls (sending) ---------------------------------------------------------------
