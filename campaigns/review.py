@@ -9,6 +9,8 @@ from __future__ import annotations
 import email
 import email.policy
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from typing import Any
 
 from django.conf import settings
@@ -45,6 +47,7 @@ class Sample:
     error: str = ""
     violations: list[str] = field(default_factory=list)
     message: CampaignMessage | None = None
+    to_count: int = 0
 
 
 @dataclass
@@ -120,11 +123,14 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
     sample.eml = raw.decode("utf-8", errors="replace")
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
     modern = email.message_from_bytes(raw, policy=email.policy.default)
-    shown = list(modern.items())
+    # Decoded as a mail client decodes it: RFC 2047 words joined by make_header, which
+    # drops the whitespace between adjacent encoded words (policy.default's str() of an
+    # address header re-folds a long display name and can show it with a stray space).
     sample.headers = [
-        (name, str(value), str(shown[i][1]) if i < len(shown) else "")
-        for i, (name, value) in enumerate(parsed.items())
+        (name, str(value), decoded_header(str(value))) for name, value in parsed.items()
     ]
+    to = modern["To"]
+    sample.to_count = len(to.addresses) if to is not None else 0
     text_part = modern.get_body(preferencelist=("plain",))
     html_part = modern.get_body(preferencelist=("html",))
     sample.text = text_part.get_content() if text_part is not None else ""
@@ -135,6 +141,19 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
     except GuardViolation as exc:
         sample.violations.append(f"{exc.layer}: {exc.reason}")
     return sample
+
+
+def decoded_header(value: str) -> str:
+    """A raw header value as a mail client shows it (encoded words decoded, folds unfolded)."""
+    try:
+        return str(make_header(decode_header(value.replace("\r\n", "").replace("\n", ""))))
+    except (HeaderParseError, LookupError, UnicodeDecodeError):
+        return value
+
+
+def render_for(campaign: Campaign, delivery: Delivery, label: str) -> Sample:
+    """One more sample, for a recipient the reviewer chose by address."""
+    return _render_sample(campaign, label, delivery)
 
 
 def count_missing_values(campaign: Campaign) -> dict[str, int]:

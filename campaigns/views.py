@@ -10,10 +10,13 @@ from __future__ import annotations
 import email
 import email.policy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -46,7 +49,7 @@ from .rendering import (
     recipient_for_delivery,
     render_eml,
 )
-from .review import build_review
+from .review import build_review, render_for
 
 
 def _user(request: HttpRequest) -> User:
@@ -96,14 +99,46 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+RECIPIENTS_PER_PAGE = 50
+
+
 @require_GET
 def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
+    """The review screen: summary and checks on top, one sample at a time, the decision bar.
+
+    Everything is a plain link or GET form (sample tabs, phone width, render for an
+    address, recipient search), so it works with scripts off.
+    """
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     if not campaign.frozen_digest:
         messages.info(request, "Nothing to review: the campaign has not been submitted.")
         return _back(campaign)
     result = build_review(campaign)
-    recipients = Delivery.objects.filter(campaign=campaign).order_by("id")[:50]
+    samples = list(result.samples)
+    address = request.GET.get("address", "").strip()
+    address_note = ""
+    if address:
+        chosen = Delivery.objects.filter(campaign=campaign, address__iexact=address).first()
+        if chosen is None:
+            address_note = f"{address} is not among this campaign's recipients."
+        elif all(s.delivery.pk != chosen.pk for s in samples):
+            samples.append(render_for(campaign, chosen, "chosen by address"))
+    try:
+        current = int(request.GET.get("sample", "1"))
+    except ValueError:
+        current = 1
+    if address and not address_note:
+        current = next(
+            i for i, s in enumerate(samples, 1) if s.delivery.address.lower() == address.lower()
+        )
+    current = min(max(current, 1), max(len(samples), 1))
+
+    query = request.GET.get("q", "").strip()
+    recipients = Delivery.objects.filter(campaign=campaign).order_by("id")
+    if query:
+        recipients = recipients.filter(address__icontains=query)
+    page_number = request.GET.get("page", "1")
+    page = _recipients_page(recipients, page_number)
     # Why this person may not decide (shown in place of the buttons), None if they may.
     refusal = (
         decision_refusal(user, campaign) if campaign.status == Campaign.Status.IN_REVIEW else None
@@ -114,14 +149,48 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         "campaign": campaign,
         "opts": Campaign._meta,
         "review": result,
+        "samples": samples,
+        "current": current,
+        "sample": samples[current - 1] if samples else None,
+        "phone": request.GET.get("width") == "phone",
+        "address": address,
+        "address_note": address_note,
+        "query": query,
+        "recipients": page,
         "digest": campaign.frozen_digest,
-        "recipients": recipients,
         "can_decide": campaign.status == Campaign.Status.IN_REVIEW and refusal is None,
         "decision_refusal": refusal,
         "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
         "remote_images": request.GET.get("remote_images") == "1",
+        "typed_count_needed": campaign.recipient_count > settings.APPROVE_TYPED_COUNT_ABOVE,
+        "starts_at": campaign.scheduled_at,
     }
     return TemplateResponse(request, "admin/campaigns/campaign/review.html", context)
+
+
+@dataclass
+class RecipientsPage:
+    rows: list[Delivery]
+    number: int
+    has_next: bool
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+
+def _recipients_page(recipients: QuerySet[Delivery], number: str) -> RecipientsPage:
+    """One page of the recipient list without counting the whole ledger (keyset-free, but
+    bounded: OFFSET on the (campaign, id) order, and one extra row to know if there is more)."""
+    try:
+        page = max(int(number), 1)
+    except ValueError:
+        page = 1
+    start = (page - 1) * RECIPIENTS_PER_PAGE
+    rows = list(recipients.only("id", "address", "status")[start : start + RECIPIENTS_PER_PAGE + 1])
+    return RecipientsPage(
+        rows=rows[:RECIPIENTS_PER_PAGE], number=page, has_next=len(rows) > RECIPIENTS_PER_PAGE
+    )
 
 
 def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
@@ -131,6 +200,15 @@ def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
         messages.error(request, "The review form was incomplete: " + form.errors.as_text())
         return _back(campaign, "review")
     digest, comment = form.cleaned_data["digest"], form.cleaned_data["comment"]
+    if approve and campaign.recipient_count > settings.APPROVE_TYPED_COUNT_ABOVE:
+        typed = request.POST.get("confirm_count", "").replace(",", "").replace(" ", "").strip()
+        if typed != str(campaign.recipient_count):
+            messages.error(
+                request,
+                f"Not approved: type the recipient count ({campaign.recipient_count}) to confirm "
+                "a send this large.",
+            )
+            return _back(campaign, "review")
     if approve:
         return _transition(
             request,

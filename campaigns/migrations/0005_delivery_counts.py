@@ -24,7 +24,8 @@ BEGIN
   ELSIF TG_OP = 'DELETE' THEN
     INSERT INTO campaigns_deliverycount (campaign_id, status, minute, n)
       SELECT campaign_id, status, date_trunc('minute', now()), -count(*)
-      FROM old_rows GROUP BY campaign_id, status;
+      FROM old_rows WHERE EXISTS (SELECT 1 FROM campaigns_campaign c WHERE c.id = campaign_id)
+      GROUP BY campaign_id, status;
   ELSE
     INSERT INTO campaigns_deliverycount (campaign_id, status, minute, n)
       SELECT campaign_id, status, date_trunc('minute', now()), sum(d) FROM (
@@ -43,12 +44,22 @@ CREATE TRIGGER campaigns_delivery_count_upd AFTER UPDATE ON campaigns_delivery
   FOR EACH STATEMENT EXECUTE FUNCTION campaigns_delivery_count();
 CREATE TRIGGER campaigns_delivery_count_del AFTER DELETE ON campaigns_delivery
   REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION campaigns_delivery_count();
+CREATE OR REPLACE FUNCTION campaigns_campaign_drop_counts() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  DELETE FROM campaigns_deliverycount WHERE campaign_id = OLD.id;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER campaigns_campaign_drop_counts AFTER DELETE ON campaigns_campaign
+  FOR EACH ROW EXECUTE FUNCTION campaigns_campaign_drop_counts();
 """
 PG_DROP = """
 DROP TRIGGER IF EXISTS campaigns_delivery_count_ins ON campaigns_delivery;
 DROP TRIGGER IF EXISTS campaigns_delivery_count_upd ON campaigns_delivery;
 DROP TRIGGER IF EXISTS campaigns_delivery_count_del ON campaigns_delivery;
 DROP FUNCTION IF EXISTS campaigns_delivery_count();
+DROP TRIGGER IF EXISTS campaigns_campaign_drop_counts ON campaigns_campaign;
+DROP FUNCTION IF EXISTS campaigns_campaign_drop_counts();
 """
 
 
@@ -79,14 +90,20 @@ SQLITE_TRIGGERS = [
     + _sqlite_bump("OLD", "-")
     + _sqlite_bump("NEW", "")
     + " END;",
-    "CREATE TRIGGER campaigns_delivery_count_del AFTER DELETE ON campaigns_delivery BEGIN"
+    # A ledger row outlives its campaign only while a whole table is flushed (tests): a
+    # count for a campaign that is gone would break its foreign key, so none is written.
+    "CREATE TRIGGER campaigns_delivery_count_del AFTER DELETE ON campaigns_delivery"
+    " WHEN EXISTS (SELECT 1 FROM campaigns_campaign WHERE id = OLD.campaign_id) BEGIN"
     + _sqlite_bump("OLD", "-")
     + " END;",
+    "CREATE TRIGGER campaigns_campaign_drop_counts AFTER DELETE ON campaigns_campaign BEGIN"
+    " DELETE FROM campaigns_deliverycount WHERE campaign_id = OLD.id; END;",
 ]
 SQLITE_DROP = [
     "DROP TRIGGER IF EXISTS campaigns_delivery_count_ins;",
     "DROP TRIGGER IF EXISTS campaigns_delivery_count_upd;",
     "DROP TRIGGER IF EXISTS campaigns_delivery_count_del;",
+    "DROP TRIGGER IF EXISTS campaigns_campaign_drop_counts;",
     "DROP INDEX IF EXISTS campaigns_deliverycount_once;",
 ]
 

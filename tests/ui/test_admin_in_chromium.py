@@ -58,6 +58,10 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     """The demo path: olivia submits the seeded draft, rita reviews it and approves."""
     page = browser.page
     browser.login("olivia")
+    browser.goto(reverse("admin:index"))
+    expect(page.locator("#my-drafts")).to_contain_text(campaign.name)
+    expect(page.locator("#review-queue")).to_have_count(0)
+    browser.screenshot("olivia-home")
     browser.goto(admin_url("change", campaign.pk))
     status = page.locator("#campaign-status h2 .cs-badge").first
     expect(status).to_have_text("Draft")
@@ -75,12 +79,26 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     page.get_by_role("link", name="Review screen").click()
     expect(page).to_have_url(browser.url(admin_url("review", campaign.pk)))
     expect(page.locator("#decision")).to_be_visible()
-    expect(page.get_by_role("button", name="Approve and send")).to_have_count(0)
+    expect(page.locator("#approve-step")).to_have_count(0)
     expect(page.locator("#approve-form")).to_have_count(0)
     browser.screenshot("olivia-review-no-approve")
+    # A crafted approve request, with a valid CSRF token, is refused on the server.
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    crafted = page.request.post(
+        browser.url(admin_url("approve", campaign.pk)),
+        form={"csrfmiddlewaretoken": token, "digest": campaign.frozen_digest},
+        headers={"X-CSRFToken": token},
+    )
+    assert crafted.status == 403, crafted.status
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.IN_REVIEW
     browser.logout()
 
     browser.login("rita")
+    browser.goto(reverse("admin:index"))
+    expect(page.locator("#review-queue-count")).to_have_text("1")
+    expect(page.locator("#review-queue")).to_contain_text(campaign.name)
+    browser.screenshot("rita-home-queue")
     browser.goto(admin_url("change", campaign.pk))
     browser.screenshot("rita-campaign")
     page.get_by_role("link", name="Review screen").click()
@@ -99,9 +117,16 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     browser.screenshot("rita-review")
     browser.element_screenshot(page.locator("iframe.cs-html").first, "rita-review-html-part")
 
-    approve = page.get_by_role("button", name="Approve and send")
-    expect(approve).to_be_enabled()
-    approve.click()
+    # The decision asks for confirmation, with the count and when sending starts.
+    page.locator("#approve-step > summary").click()
+    confirm = page.locator("#approve-confirm-text")
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text(f"{campaign.recipient_count} message")
+    expect(confirm).to_contain_text("as soon as you confirm")
+    browser.screenshot("rita-approve-confirmation")
+    page.get_by_role(
+        "button", name=f"Confirm: approve and send to {campaign.recipient_count}"
+    ).click()
     assert "Approved." in browser.success_message()
     browser.screenshot("rita-approved")
     campaign.refresh_from_db()
@@ -110,14 +135,21 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
 
 
 def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
-    """Every sample shows its headers, its text part and its HTML part in a sandbox."""
+    """Each sample, switched to by its tab: "1 recipient", its headers, text and sandboxed HTML."""
     page = browser.page
-    samples = page.locator(".cs-sample")
-    assert samples.count() >= 2, "the first recipient and at least one more sample"
+    tabs = page.locator("nav.cs-tabs a.cs-tab")
+    assert tabs.count() >= 2, "the first recipient and at least one more sample"
     addresses = set(Delivery.objects.filter(campaign=campaign).values_list("address", flat=True))
-    for sample in samples.all():
+    for index in range(tabs.count()):
+        tabs.nth(index).click()
+        expect(tabs.nth(index)).to_have_attribute("aria-current", "page")
+        sample = page.locator(".cs-sample")
+        expect(sample).to_have_count(1)
+        expect(sample.locator("tr.cs-to-row .cs-one-recipient")).to_have_text("1 recipient")
         headers = {
-            row.locator("th").inner_text().strip(): row.locator("td").inner_text().strip()
+            row.locator("th").inner_text().strip(): row.locator("td code.cs-raw")
+            .inner_text()
+            .strip()
             for row in sample.locator("table.cs-headers tr").all()
         }
         for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe"):
@@ -125,6 +157,7 @@ def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
         to = email.message_from_string(f"To: {headers['To']}\n\n", policy=email.policy.default)
         recipients = [a.addr_spec for a in to["To"].addresses]
         assert len(recipients) == 1 and recipients[0] in addresses, headers["To"]
+        assert recipients[0] == sample.get_attribute("data-address")
         expect(sample.locator("pre.cs-text")).to_contain_text("what changed on the platform")
 
         frame_element = sample.locator("iframe.cs-html")
@@ -134,6 +167,7 @@ def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
         assert frame is not None, "the HTML iframe has no document"
         frame.wait_for_load_state()
         expect(frame.locator("body")).to_contain_text("what changed on the platform")
+        browser.screenshot(f"rita-review-sample-{index + 1}")
 
 
 # --- 1. The review journey ---------------------------------------------------------------------
