@@ -41,6 +41,8 @@ admin.site.register(Suppression, SuppressionAdmin)
 admin.site.site_header = "Countersign"
 admin.site.site_title = "Countersign"
 admin.site.index_title = "Campaigns that reach one person per message"
+# Countersign has no public site: "View site" would lead to a 404.
+admin.site.site_url = None
 
 
 @admin.register(SenderIdentity)

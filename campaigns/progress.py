@@ -80,14 +80,19 @@ class Progress:
 
     @property
     def per_minute_rate(self) -> float:
-        """Messages accepted per minute over the last few whole minutes (and this one)."""
+        """Messages accepted per minute: over the last few minutes while sending (so a
+        pause or a throttled provider shows at once), over the whole send once it is over."""
         if not self.per_minute:
             return 0.0
+        duration = self.duration
+        if self.campaign.completed_at is not None and duration is not None:
+            return self.sent * 60.0 / max(duration.total_seconds(), 1.0)
         since = _minute(self.now) - timedelta(minutes=RATE_WINDOW_MINUTES)
         recent = sum(sent for minute, sent, _ in self.per_minute if minute >= since)
         started = self.campaign.sending_started_at or self.per_minute[0][0]
         window_start = max(since, started)
-        elapsed = max((self.now - window_start).total_seconds(), 30.0)
+        # A floor of a few seconds: the first message of a send is not a rate of thousands.
+        elapsed = max((self.now - window_start).total_seconds(), 5.0)
         return recent * 60.0 / elapsed
 
     @property

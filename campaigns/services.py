@@ -185,6 +185,9 @@ class TestSendResult:
     sent: list[str] = field(default_factory=list)
 
 
+TEST_SUBJECT_PREFIX = "[TEST] "
+
+
 def send_test(campaign: Campaign, *, by: User) -> TestSendResult:
     """Send the campaign, rendered for `by`, to each of their seed addresses: one message each."""
     require_role(by, "campaigns.send_test_campaign", "send tests")
@@ -205,6 +208,9 @@ def send_test(campaign: Campaign, *, by: User) -> TestSendResult:
         build_message(campaign, recipient_for_test(campaign, by, address), send_time=now)
         for address in seeds
     ]
+    for message in messages:
+        # A test must never pass for the real thing in an inbox.
+        message.subject = TEST_SUBJECT_PREFIX + str(message.subject)
     connection = get_connection()
     with connection:
         for message in messages:

@@ -222,7 +222,8 @@ def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
         campaign,
         lambda: services.reject_campaign(campaign, by=user, digest=digest, comment=comment),
         "Rejected: the campaign is back in draft with your comment.",
-        view="review",
+        # The campaign page, not the review screen: a draft has nothing to review, and
+        # landing there added a second message that contradicted this one.
     )
 
 

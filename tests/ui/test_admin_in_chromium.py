@@ -20,6 +20,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 from playwright.sync_api import Route, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from accounts.management.commands.seed_demo import CAMPAIGN_NAME
 from accounts.models import User
@@ -454,3 +455,79 @@ def test_approving_the_seeded_campaign_fills_the_outbox_with_one_eml_per_recipie
     expect(bar).to_have_attribute("value", str(DEMO_USERS))
     expect(bar).to_have_attribute("max", str(DEMO_USERS))
     browser_page.screenshot("rita-campaign-after-sending")
+
+
+@pytest.mark.worker
+def test_sending_panel_progress_advances_without_a_reload_to_its_maximum(
+    browser_page: BrowserPage,
+    celery_workers: CeleryWorkers,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # Slow enough (3 messages a second) that the page sees the send in motion.
+    settings.OUTBOX_DIR = tmp_path / "outbox"
+    worker = celery_workers(
+        name="browser-progress",
+        concurrency=1,
+        extra_env={
+            "OUTBOX_DIR": str(settings.OUTBOX_DIR),
+            "EMAIL_TRANSPORT": "campaigns.backends.OutboxBackend",
+            "SEND_RATE_PER_SECOND": "3",
+            "SEND_BURST": "1",
+        },
+    )
+    campaign = seed_demo()
+    olivia, rita = User.objects.get(username="olivia"), User.objects.get(username="rita")
+    campaign = services.submit_for_review(campaign, by=olivia)
+
+    page = browser_page.page
+    browser_page.login("rita")
+    browser_page.goto(admin_url("change", campaign.pk))
+    bar = page.locator("progress#send-progress")
+    expect(bar).to_have_attribute("max", str(DEMO_USERS))
+    expect(bar).to_have_attribute("value", "0")
+    # Marks this document: a reload or a navigation would lose it.
+    page.evaluate("() => { window.__sameDocument = true; }")
+    services.approve_campaign(campaign, by=rita, digest=campaign.frozen_digest)
+
+    # The poller picks up the start, the rising count and the end, all in this document.
+    expect(page.locator('#sending-panel [data-field="status_label"]')).to_have_text(
+        "Sending", timeout=30_000
+    )
+    # One condition, checked in the page every 100 ms: it notes a value between the ends
+    # on the way, and holds when the bar is full.
+    try:
+        page.wait_for_function(
+            """max => {
+                const bar = document.getElementById("send-progress");
+                if (bar.value > 0 && bar.value < max) window.__seenMidway = true;
+                return bar.value >= max;
+            }""",
+            arg=DEMO_USERS,
+            polling=100,
+            timeout=90_000,
+        )
+    except PlaywrightTimeout:
+        value = bar.evaluate("el => el.value")
+        pytest.fail(f"progress stuck at {value}\n" + worker.log_tail())
+    assert page.evaluate("() => window.__seenMidway") is True, (
+        "the bar jumped from 0 to the end: it never showed a send in motion"
+    )
+    assert page.evaluate("() => window.__sameDocument") is True
+    expect(page.locator('#sending-panel [data-stage="sent"] .cs-stage-count')).to_have_text(
+        str(DEMO_USERS)
+    )
+    expect(page.locator('#sending-panel [data-field="status_label"]')).to_have_text(
+        "Sent", timeout=60_000
+    )
+    expect(page.locator('#sending-panel [data-field="finished_at"]')).not_to_have_text("—")
+    browser_page.screenshot("rita-campaign-sent-live")
+
+    # The list's progress column and the home page agree.
+    browser_page.goto(reverse("admin:campaigns_campaign_changelist"))
+    expect(page.locator("progress.cs-mini").first).to_have_attribute("value", str(DEMO_USERS))
+    browser_page.screenshot("campaign-list")
+    browser_page.goto(reverse("admin:index"))
+    expect(page.locator("#finished")).to_contain_text(campaign.name)
+    browser_page.screenshot("rita-home-finished")
+    assert browser_page.errors == [], "\n".join(browser_page.errors)

@@ -47,12 +47,19 @@
     set(root, "hint", data.live ? "Updating every few seconds." : "");
   }
 
+  // The sending panel sits inside the campaign's status box: its badge follows too.
+  function scope(root) { return root.closest("#campaign-status") || root; }
+
   function poll(root, url) {
     fetch(url, {credentials: "same-origin", headers: {"Accept": "application/json"}})
       .then(r => r.ok ? r.json() : Promise.reject(r.status))
       .then(data => {
-        apply(root, data);
+        apply(scope(root), data);
         root.dataset.live = data.live ? "1" : "0";
+        if (root.dataset.status && root.dataset.status !== data.status) {
+          set(scope(root), "hint", "Now " + data.status_label.toLowerCase() +
+              (data.live ? "; updating every few seconds." : ".") + " Reload the page for the controls that apply now.");
+        }
         if (data.live) setTimeout(() => poll(root, url), POLL_MS);
       })
       // A failed poll (a restart, a network blip) tries again, more slowly.
