@@ -294,8 +294,22 @@ class CampaignAdmin(RoleAdmin):
         def review(request: HttpRequest, pk: int) -> HttpResponse:
             return views.review(request, pk, self.admin_site.each_context(request))
 
+        def deliveries(request: HttpRequest, pk: int) -> HttpResponse:
+            return views.deliveries(request, pk, self.admin_site.each_context(request))
+
+        def delivery_message(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse:
+            return views.delivery_message(
+                request, pk, delivery_id, self.admin_site.each_context(request)
+            )
+
         name = "campaigns_campaign_"
         custom = [
+            path("<int:pk>/deliveries/", wrap(deliveries), name=name + "deliveries"),
+            path(
+                "<int:pk>/deliveries/<int:delivery_id>/",
+                wrap(delivery_message),
+                name=name + "delivery_message",
+            ),
             path("audience-count/", wrap(views.audience_count), name=name + "audience_count"),
             path("<int:pk>/submit/", wrap(views.submit), name=name + "submit"),
             path("<int:pk>/review/", wrap(review), name=name + "review"),

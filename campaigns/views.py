@@ -41,7 +41,7 @@ from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .permissions import decision_refusal
-from .progress import campaign_progress
+from .progress import PIPELINE, campaign_progress
 from .rendering import (
     MESSAGE_ERRORS,
     build_message,
@@ -374,6 +374,84 @@ def audience_count(request: HttpRequest) -> JsonResponse:
             "unmatched_list_addresses": summary.unmatched_list_addresses,
         }
     )
+
+
+DELIVERIES_PER_PAGE = 50
+
+
+@require_GET
+def deliveries(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
+    """Every recipient of a campaign and where their message stands.
+
+    Pages by id (`?after=<id>`), never by OFFSET or a COUNT of the ledger, so the last page
+    of a million rows costs what the first does. A search with an @ is an exact address
+    (the (campaign, lower(address)) index); without one it is a substring scan, bounded by
+    the page size.
+    """
+    campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
+    stage = request.GET.get("stage", "")
+    query = request.GET.get("q", "").strip()
+    rows = Delivery.objects.filter(campaign=campaign)
+    stages = {key: statuses for key, _, statuses in PIPELINE}
+    if stage in stages:
+        rows = rows.filter(status__in=stages[stage])
+    if query:
+        rows = (
+            rows.filter(address__iexact=query)
+            if "@" in query
+            else rows.filter(address__icontains=query)
+        )
+    try:
+        after = int(request.GET.get("after", "0"))
+    except ValueError:
+        after = 0
+    page = list(
+        rows.filter(id__gt=after)
+        .order_by("id")
+        .only("id", "address", "status", "attempts", "sent_at", "last_error")[
+            : DELIVERIES_PER_PAGE + 1
+        ]
+    )
+    has_next = len(page) > DELIVERIES_PER_PAGE
+    page = page[:DELIVERIES_PER_PAGE]
+    progress = campaign_progress(campaign)
+    context = {
+        **site_context,
+        "title": f"Recipients: {campaign.name}",
+        "campaign": campaign,
+        "opts": Campaign._meta,
+        "rows": page,
+        "has_next": has_next,
+        "next_after": page[-1].pk if page else after,
+        "after": after,
+        "stage": stage,
+        "query": query,
+        "stages": progress.stages,
+        "can_resolve": user.has_role_perm("campaigns.resolve_delivery"),
+    }
+    return TemplateResponse(request, "admin/campaigns/campaign/deliveries.html", context)
+
+
+@require_GET
+def delivery_message(
+    request: HttpRequest, pk: int, delivery_id: int, site_context: dict[str, Any]
+) -> HttpResponse:
+    """One delivery's message in the browser: headers, text part, sandboxed HTML part.
+
+    Rebuilt by the one builder from the frozen recipient data, as the review screen does
+    (the Date header is the preview time, not the moment it went out).
+    """
+    campaign, _ = campaign_for(request, pk, "campaigns.view_campaign")
+    delivery = get_object_or_404(Delivery, pk=delivery_id, campaign=campaign)
+    context = {
+        **site_context,
+        "title": f"Message to {delivery.address}",
+        "campaign": campaign,
+        "opts": Campaign._meta,
+        "delivery": delivery,
+        "sample": render_for(campaign, delivery, "this delivery"),
+    }
+    return TemplateResponse(request, "admin/campaigns/campaign/delivery_message.html", context)
 
 
 @require_GET

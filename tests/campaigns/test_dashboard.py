@@ -203,3 +203,48 @@ def test_list_shows_progress_and_a_drafts_live_count(
     assert '<progress class="cs-mini" value="4" max="7"' in html
     assert "7 <span" in html  # the draft's live count, not the frozen 0
     assert 'class="cs-badge cs-draft"' in html
+
+
+# --- The per-recipient table ---------------------------------------------------------------------
+
+
+def test_recipient_table_filters_by_stage_searches_and_pages_by_id(
+    olivia: User, rita: User, members: list[User], settings: Any
+) -> None:
+    from campaigns import views
+
+    campaign = approved(olivia, rita)
+    worker.send_batch(campaign.pk, limit=3)
+    client = client_for(rita)
+    url = reverse("admin:campaigns_campaign_deliveries", args=[campaign.pk])
+    sent = client.get(url + "?stage=sent").content.decode()
+    assert sent.count('data-status="sent"') == 3 and 'data-status="pending"' not in sent
+    found = client.get(url + "?q=m4@example.org").content.decode()
+    assert found.count("<tr data-status") == 1 and "m4@example.org" in found
+
+    views.DELIVERIES_PER_PAGE, saved = 4, views.DELIVERIES_PER_PAGE
+    try:
+        first = client.get(url).content.decode()
+        assert first.count("<tr data-status") == 4 and 'id="next-page"' in first
+        last_id = Delivery.objects.filter(campaign=campaign).order_by("id")[3].pk
+        second = client.get(url + f"?after={last_id}").content.decode()
+        assert second.count("<tr data-status") == 3 and 'id="next-page"' not in second
+    finally:
+        views.DELIVERIES_PER_PAGE = saved
+
+
+def test_a_deliverys_message_opens_in_the_browser(
+    olivia: User, rita: User, members: list[User]
+) -> None:
+    campaign = approved(olivia, rita)
+    worker.send_batch(campaign.pk, limit=100)
+    delivery = Delivery.objects.filter(campaign=campaign).first()
+    assert delivery is not None
+    html = (
+        client_for(rita)
+        .get(reverse("admin:campaigns_campaign_delivery_message", args=[campaign.pk, delivery.pk]))
+        .content.decode()
+    )
+    assert '<strong class="cs-one-recipient">1 recipient</strong>' in html
+    assert delivery.address in html
+    assert 'class="cs-html" sandbox=""' in html

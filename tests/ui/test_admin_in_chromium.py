@@ -523,6 +523,18 @@ def test_sending_panel_progress_advances_without_a_reload_to_its_maximum(
     expect(page.locator('#sending-panel [data-field="finished_at"]')).not_to_have_text("—")
     browser_page.screenshot("rita-campaign-sent-live")
 
+    # The recipient table shows every delivery sent, and a message opens in the browser.
+    browser_page.goto(reverse("admin:campaigns_campaign_deliveries", args=[campaign.pk]))
+    rows = page.locator("#delivery-table tbody tr")
+    expect(rows).to_have_count(DEMO_USERS)
+    expect(page.locator('#delivery-table tbody tr[data-status="sent"]')).to_have_count(DEMO_USERS)
+    browser_page.screenshot("recipient-table")
+    rows.first.get_by_role("link", name="view").click()
+    message = page.locator("#delivery-message")
+    expect(message.locator(".cs-one-recipient")).to_have_text("1 recipient")
+    expect(message.locator("pre.cs-text")).to_contain_text("what changed on the platform")
+    browser_page.screenshot("delivery-message")
+
     # The list's progress column and the home page agree.
     browser_page.goto(reverse("admin:campaigns_campaign_changelist"))
     expect(page.locator("progress.cs-mini").first).to_have_attribute("value", str(DEMO_USERS))
