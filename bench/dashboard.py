@@ -14,6 +14,9 @@ p50/p95/p99 per URL, against two baselines measured in the same run:
 
 - /healthz through the same server: the floor that HTTP, gunicorn and Django add;
 - the GROUP BY status over the ledger (what the page ran before the counters), in process.
+
+It also prints each page's service time in process (Django's test client, one request
+at a time, no HTTP): what a request costs the server before any queueing for a core.
 """
 
 from __future__ import annotations
@@ -234,6 +237,31 @@ def writer(campaign_id: int, stop: threading.Event, moved: list[int]) -> None:
             time.sleep(0.01)
 
 
+def service_times(campaign_id: int, requests: int) -> list[tuple[str, list[float]]]:
+    from django.test import Client
+    from django.urls import reverse
+
+    from accounts.models import User
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(User.objects.get(username="bench-rita"))
+    results = []
+    for label, name in (
+        ("progress endpoint", "admin:campaigns_campaign_progress"),
+        ("campaign page", "admin:campaigns_campaign_change"),
+    ):
+        path = reverse(name, args=[campaign_id])
+        client.get(path)
+        times = []
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            response = client.get(path)
+            times.append((time.perf_counter() - t0) * 1000)
+            assert response.status_code == 200, (path, response.status_code)
+        results.append((label + " (in process)", times))
+    return results
+
+
 def percentiles(values: list[float]) -> tuple[float, float, float]:
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     return cuts[49], cuts[94], cuts[98]
@@ -266,6 +294,9 @@ def main() -> None:
         t0 = time.perf_counter()
         delivery_summary(campaign_id)
         scans.append((time.perf_counter() - t0) * 1000)
+    # Service time without HTTP, gunicorn or client contention: the Django test client,
+    # one request at a time (what each request costs the server, before any queueing).
+    in_process = service_times(campaign_id, requests=200)
     connection.close()
 
     port = free_port()
@@ -306,6 +337,9 @@ def main() -> None:
     for clients, label, values in rows:
         p50, p95, p99 = percentiles(values)
         print(f"{clients:>7}  {label:<34} {len(values):>8} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
+    for label, values in in_process:
+        p50, p95, p99 = percentiles(values)
+        print(f"{'-':>7}  {label:<34} {len(values):>8} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
     print(
         f"{'':>7}  {'GROUP BY over the ledger (before)':<34} {len(scans):>8} "
         f"{statistics.median(scans):>8.1f} {max(scans):>8.1f} {'':>8}  (in process, no HTTP)"

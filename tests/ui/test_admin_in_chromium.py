@@ -538,6 +538,12 @@ def test_sending_panel_progress_advances_without_a_reload_to_its_maximum(
     # The list's progress column and the home page agree.
     browser_page.goto(reverse("admin:campaigns_campaign_changelist"))
     expect(page.locator("progress.cs-mini").first).to_have_attribute("value", str(DEMO_USERS))
+    # The admin scrolls a wide result table inside its own box: no column may be clipped.
+    clipped = page.evaluate(
+        "() => { const r = document.querySelector('.results');"
+        " return [r.scrollWidth, r.clientWidth]; }"
+    )
+    assert clipped[0] <= clipped[1], f"campaign list columns clipped: {clipped}"
     browser_page.screenshot("campaign-list")
     browser_page.goto(reverse("admin:index"))
     expect(page.locator("#finished")).to_contain_text(campaign.name)
