@@ -128,7 +128,6 @@ class CampaignAdmin(RoleAdmin):
         "status_badge",
         "author",
         "recipients",
-        "progress",
         "scheduled",
         "created",
     )
@@ -178,7 +177,7 @@ class CampaignAdmin(RoleAdmin):
             '<span class="cs-badge cs-{}">{}</span>', obj.status, obj.get_status_display()
         )
 
-    @admin.display(description="recipients", ordering="recipient_count")
+    @admin.display(description="recipients · progress", ordering="recipient_count")
     def recipients(self, obj: Campaign) -> str:
         # A draft has no frozen list yet: show what submitting it now would freeze. Two
         # COUNT queries per draft (a scan with an uploaded list), only for drafts on the page.
@@ -188,13 +187,10 @@ class CampaignAdmin(RoleAdmin):
                 count_audience(obj).recipients,
                 "Live count from the filters; frozen when submitted",
             )
-        return str(obj.recipient_count)
-
-    @admin.display(description="progress")
-    def progress(self, obj: Campaign) -> str:
         progress = getattr(obj, "_progress", None)
         if progress is None or not obj.sending_started_at:
-            return "—"
+            return str(obj.recipient_count)
+        # Once sending has started, the count is the progress bar's maximum.
         url = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
         return format_html(
             '<span class="cs-progress-cell" data-progress-url="{}" data-live="{}">'
