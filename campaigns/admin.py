@@ -285,6 +285,13 @@ class CampaignAdmin(RoleAdmin):
                     object_type="campaigns.campaign", object_id=str(campaign.pk)
                 ).order_by("seq"),
                 approvals=campaign.approvals.select_related("reviewer").order_by("created_at"),
+                # Shown on top while the campaign is back in draft: what the reviewer asked for.
+                last_rejection=campaign.approvals.filter(decision=Approval.Decision.REJECTED)
+                .select_related("reviewer")
+                .order_by("-created_at")
+                .first()
+                if campaign.status == Campaign.Status.DRAFT and campaign.rejected_at
+                else None,
                 can_submit=campaign.status == Campaign.Status.DRAFT
                 and user.has_role_perm("campaigns.submit_campaign"),
                 can_test_send=campaign.status != Campaign.Status.CANCELLED

@@ -82,3 +82,21 @@ def test_campaign_timeline_shows_people_values_to_the_second(olivia: User) -> No
     assert "['olivia@example.com']" not in timeline
     assert "olivia@example.com" in timeline
     assert "None" not in timeline
+
+
+def test_author_sees_the_rejection_on_top_of_the_campaign_page(
+    olivia: User, rita: User, make_member: Callable[..., User]
+) -> None:
+    make_member()
+    campaign = services.submit_for_review(make_campaign(olivia), by=olivia)
+    services.reject_campaign(
+        campaign, by=rita, digest=campaign.frozen_digest, comment="Subject must name the date"
+    )
+    html = (
+        client_for(olivia)
+        .get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+        .content.decode()
+    )
+    banner = html[html.index('id="rejection-banner"') :]
+    assert banner.index("Subject must name the date") < banner.index('id="campaign-status"')
+    assert "Sent back by rita" in banner

@@ -549,3 +549,41 @@ def test_sending_panel_progress_advances_without_a_reload_to_its_maximum(
     expect(page.locator("#finished")).to_contain_text(campaign.name)
     browser_page.screenshot("rita-home-finished")
     assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+# --- Rejection, and the pages that say no --------------------------------------------------------
+
+
+def test_a_rejection_reaches_the_author_on_top_of_her_page(browser_page: BrowserPage) -> None:
+    campaign = seed_demo()
+    campaign = services.submit_for_review(campaign, by=User.objects.get(username="olivia"))
+    page = browser_page.page
+    browser_page.login("rita")
+    browser_page.goto(admin_url("review", campaign.pk))
+    page.locator("#reject-step > summary").click()
+    page.locator("#reject-comment").fill("Name the maintenance date in the subject line.")
+    browser_page.screenshot("rita-reject-step")
+    page.get_by_role("button", name="Reject: back to draft").click()
+    # One message, on the campaign page: not a second, contradicting one from the review.
+    expect(page.locator("ul.messagelist li")).to_have_count(1)
+    assert "Rejected" in browser_page.success_message()
+    browser_page.logout()
+
+    browser_page.login("olivia")
+    browser_page.goto(admin_url("change", campaign.pk))
+    banner = page.locator("#rejection-banner")
+    expect(banner).to_contain_text("Sent back by rita")
+    expect(banner).to_contain_text("Name the maintenance date in the subject line.")
+    expect(page.get_by_role("button", name="Cancel campaign")).to_have_count(0)
+    browser_page.screenshot("olivia-rejection-banner")
+
+    # A GET on an action and a refused approval are pages that explain themselves.
+    response = page.goto(browser_page.url(admin_url("approve", campaign.pk)))
+    assert response is not None and response.status == 405
+    expect(page.locator("#error-page")).to_contain_text("only takes a button press")
+    browser_page.screenshot("405-page")
+    response = page.goto(browser_page.url(admin_url("review", 999_999)))
+    assert response is not None and response.status == 404
+    expect(page.locator("#error-page")).to_contain_text("404")
+    browser_page.screenshot("404-page")
+    assert browser_page.errors == [] or all("404" in e or "405" in e for e in browser_page.errors)
