@@ -17,7 +17,7 @@ from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from accounts.models import User
 from accounts.role_admin import ReadOnlyAdmin, RoleAdmin, has_role
@@ -38,6 +38,7 @@ from .models import (
     Suppression,
 )
 from .progress import campaign_progress, chart_svg_points, progress_for
+from .rendering import campaign_placeholders
 
 admin.site.register(Suppression, SuppressionAdmin)
 admin.site.site_header = "Countersign"
@@ -223,7 +224,9 @@ class CampaignAdmin(RoleAdmin):
         return False  # cancel instead: the ledger and its history stay
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        fieldsets = super().get_fieldsets(request, obj)
+        fieldsets: list[tuple[Any, dict[str, Any]]] = [
+            (name, dict(opts)) for name, opts in super().get_fieldsets(request, obj)
+        ]
         if obj is not None and not self.has_change_permission(request, obj):
             # Read-only: the live count belongs to composing; the frozen count is in the panel.
             return [
@@ -233,10 +236,37 @@ class CampaignAdmin(RoleAdmin):
                 )
                 for name, opts in fieldsets
             ]
-        return fieldsets
+        return [
+            (name, {**opts, "description": self._content_help(obj)})
+            if name == "Content"
+            else (name, opts)
+            for name, opts in fieldsets
+        ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
         return super().get_queryset(request).select_related("author", "sender")
+
+    @staticmethod
+    def _content_help(obj: Campaign | None) -> str:
+        """Every placeholder a template may use (imported attributes included), each a
+        button that inserts it (placeholders.js; plain text with scripts off), and what
+        the builder adds by itself."""
+        category = obj.category if obj is not None else Campaign.Category.ANNOUNCEMENT
+        names = sorted(campaign_placeholders(category))
+        buttons = format_html_join(
+            " ",
+            '<button type="button" class="cs-placeholder" data-insert="{}"><code>{}</code></button>',
+            (("{{ " + n + " }}", "{{ " + n + " }}") for n in names),
+        )
+        return format_html(
+            '<span class="cs-placeholders">Placeholders (click to insert where you are typing): '
+            "{}. A default: <code>{}</code>; without one, a recipient missing the value is not "
+            'sent.</span><br><span class="cs-footer-note">Announcements: the builder adds '
+            "a footer with the unsubscribe link and the sender's postal address to each part "
+            "that lacks them, and the List-Unsubscribe headers.</span>",
+            buttons,
+            '{{ first_name|default:"there" }}',
+        )
 
     def save_model(
         self, request: HttpRequest, obj: Campaign, form: ModelForm[Campaign], change: bool

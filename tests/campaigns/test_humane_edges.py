@@ -100,3 +100,16 @@ def test_author_sees_the_rejection_on_top_of_the_campaign_page(
     banner = html[html.index('id="rejection-banner"') :]
     assert banner.index("Subject must name the date") < banner.index('id="campaign-status"')
     assert "Sent back by rita" in banner
+
+
+def test_compose_lists_every_placeholder_with_imported_attributes_and_the_footer(
+    olivia: User,
+) -> None:
+    from accounts.models import AudienceAttribute
+
+    AudienceAttribute.objects.create(name="plan")
+    html = client_for(olivia).get(reverse("admin:campaigns_campaign_add")).content.decode()
+    assert 'data-insert="{{ plan }}"' in html
+    assert 'data-insert="{{ unsubscribe_url }}"' in html
+    assert "the builder adds a footer" in html
+    assert "placeholders.js" in html

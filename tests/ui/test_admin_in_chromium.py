@@ -304,6 +304,15 @@ def test_compose_counts_recipients_live_and_refuses_a_bad_placeholder_with_its_p
     )
     page.locator("#id_text_template").fill(TEXT)
     page.locator("#id_html_template").fill(HTML)
+    # Every placeholder is a button that inserts itself where the author was typing.
+    subject = page.locator("#id_subject_template")
+    subject.click()
+    subject.press("End")
+    page.locator('button.cs-placeholder[data-insert="{{ last_name }}"]').click()
+    expect(subject).to_have_value(
+        'Neu auf der Plattform, {{ first_name|default:"du" }}{{ last_name }}'
+    )
+    subject.fill('Neu auf der Plattform, {{ first_name|default:"du" }}')
 
     # Typed like a person; the count follows the last keystroke (the request says so).
     with page.expect_response(
