@@ -170,6 +170,8 @@ def reject_campaign(campaign: Campaign, *, by: User, digest: str, comment: str) 
             digest=digest,
             recipient_count=campaign.recipient_count,
             audience_hash=campaign.audience_hash,
+            # What the reviewer saw and refused: the resubmission is diffed against it.
+            samples=build_review(campaign).stored_samples(),
         )
         _void_submission(change)
         change.data.update(digest=digest, approval=approval.pk, comment=approval.comment)

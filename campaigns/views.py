@@ -49,7 +49,7 @@ from .rendering import (
     recipient_for_delivery,
     render_eml,
 )
-from .review import build_review, render_for
+from .review import build_review, render_for, since_last_review
 
 
 def _user(request: HttpRequest) -> User:
@@ -163,6 +163,10 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
         "remote_images": request.GET.get("remote_images") == "1",
         "typed_count_needed": campaign.recipient_count > settings.APPROVE_TYPED_COUNT_ABOVE,
+        # A resubmission: what changed since the last decision, shown above the samples.
+        "since": since_last_review(campaign, result)
+        if campaign.status == Campaign.Status.IN_REVIEW
+        else None,
         "starts_at": campaign.scheduled_at,
     }
     return TemplateResponse(request, "admin/campaigns/campaign/review.html", context)

@@ -109,3 +109,31 @@ def test_author_gets_no_decision_controls(olivia: User, members: list[User]) -> 
     html = client_for(olivia).get(review_url(campaign)).content.decode()
     assert 'id="approve-form"' not in html
     assert 'class="cs-refusal"' in html
+
+
+def test_a_resubmission_shows_the_reviewer_what_changed(
+    olivia: User, rita: User, members: list[User]
+) -> None:
+    campaign = submitted(olivia)
+    services.reject_campaign(
+        campaign, by=rita, digest=campaign.frozen_digest, comment="Say when the change happens"
+    )
+    campaign.refresh_from_db()
+    campaign.subject_template = 'Maintenance on Saturday, {{ first_name|default:"there" }}'
+    services.edit_campaign(campaign, by=olivia, changed=["subject_template"])
+    campaign = services.submit_for_review(campaign, by=olivia)
+    html = client_for(rita).get(review_url(campaign)).content.decode()
+    since = html[html.index('id="since-last-review"') : html.index('id="samples"')]
+    assert "Say when the change happens" in since
+    assert "Edited since: <strong>subject</strong>" in since
+    assert '<span class="cs-add">+Maintenance on Saturday, M0</span>' in since
+    assert '<span class="cs-del">-News for you, M0</span>' in since
+
+
+def test_a_first_submission_has_no_changes_section(
+    olivia: User, rita: User, members: list[User]
+) -> None:
+    campaign = submitted(olivia)
+    assert (
+        'id="since-last-review"' not in client_for(rita).get(review_url(campaign)).content.decode()
+    )

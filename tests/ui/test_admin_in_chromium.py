@@ -586,6 +586,20 @@ def test_a_rejection_reaches_the_author_on_top_of_her_page(browser_page: Browser
     expect(page.get_by_role("button", name="Cancel campaign")).to_have_count(0)
     browser_page.screenshot("olivia-rejection-banner")
 
+    # She fixes the subject and resubmits; rita sees what changed since her decision.
+    subject = page.locator("#id_subject_template")
+    subject.fill("Maintenance on Saturday: " + subject.input_value())
+    page.get_by_role("button", name="Save and continue editing").click()
+    page.get_by_role("button", name="Submit for review").click()
+    assert "Submitted for review" in browser_page.success_message()
+    browser_page.logout()
+    browser_page.login("rita")
+    browser_page.goto(admin_url("review", campaign.pk))
+    since = page.locator("#since-last-review")
+    expect(since).to_contain_text("Name the maintenance date in the subject line.")
+    expect(since.locator(".cs-add").first).to_contain_text("Maintenance on Saturday")
+    browser_page.screenshot("rita-review-since-last")
+
     # A GET on an action and a refused approval are pages that explain themselves.
     response = page.goto(browser_page.url(admin_url("approve", campaign.pk)))
     assert response is not None and response.status == 405
