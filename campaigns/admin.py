@@ -6,6 +6,7 @@ pass to compose, approve or send.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import update_wrapper
 from typing import Any
 
@@ -14,7 +15,9 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from accounts.models import User
 from accounts.role_admin import ReadOnlyAdmin, RoleAdmin, has_role
@@ -23,6 +26,7 @@ from audit.models import AuditEvent
 
 from . import services, views
 from .admin_suppressions import SuppressionAdmin
+from .audience import count_audience
 from .forms import CampaignForm
 from .models import (
     Approval,
@@ -33,12 +37,15 @@ from .models import (
     SendingSwitch,
     Suppression,
 )
-from .worker import delivery_summary
+from .progress import campaign_progress, chart_svg_points, progress_for
+from .rendering import campaign_placeholders
 
 admin.site.register(Suppression, SuppressionAdmin)
 admin.site.site_header = "Countersign"
 admin.site.site_title = "Countersign"
 admin.site.index_title = "Campaigns that reach one person per message"
+# Countersign has no public site: "View site" would lead to a 404.
+admin.site.site_url = None
 
 
 @admin.register(SenderIdentity)
@@ -104,6 +111,10 @@ class SenderIdentityAdmin(RoleAdmin):
             super().delete_queryset(request, queryset)
 
 
+def _short_time(value: datetime) -> str:
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M}"
+
+
 EDITABLE = (Campaign.Status.DRAFT, Campaign.Status.IN_REVIEW, Campaign.Status.APPROVED)
 
 
@@ -111,14 +122,15 @@ EDITABLE = (Campaign.Status.DRAFT, Campaign.Status.IN_REVIEW, Campaign.Status.AP
 class CampaignAdmin(RoleAdmin):
     form = CampaignForm
     change_form_template = "admin/campaigns/campaign/change_form.html"
+    # Short cells: at 1366 px the long category labels and dates clipped the last columns.
     list_display = (
         "name",
-        "category",
-        "status",
+        "kind",
+        "status_badge",
         "author",
-        "recipient_count",
-        "scheduled_at",
-        "created_at",
+        "recipients",
+        "scheduled",
+        "created",
     )
     list_filter = ("status", "category")
     search_fields = ("name", "subject_template")
@@ -142,6 +154,67 @@ class CampaignAdmin(RoleAdmin):
         ("Schedule", {"fields": ("scheduled_at",), "description": "Shown in your time zone."}),
     )
 
+    class Media:
+        css = {"all": ("campaigns/dashboard.css",)}
+        js = ("campaigns/progress.js",)
+
+    @admin.display(description="category", ordering="category")
+    def kind(self, obj: Campaign) -> str:
+        return (
+            "Service notice" if obj.category == Campaign.Category.SERVICE_NOTICE else "Announcement"
+        )
+
+    @admin.display(description="scheduled", ordering="scheduled_at")
+    def scheduled(self, obj: Campaign) -> str:
+        return _short_time(obj.scheduled_at) if obj.scheduled_at else "on approval"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: Campaign) -> str:
+        return _short_time(obj.created_at)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Campaign) -> str:
+        return format_html(
+            '<span class="cs-badge cs-{}">{}</span>', obj.status, obj.get_status_display()
+        )
+
+    @admin.display(description="recipients · progress", ordering="recipient_count")
+    def recipients(self, obj: Campaign) -> str:
+        # A draft has no frozen list yet: show what submitting it now would freeze. Two
+        # COUNT queries per draft (a scan with an uploaded list), only for drafts on the page.
+        if obj.status == Campaign.Status.DRAFT:
+            return format_html(
+                '{} <span class="help" title="{}">(now)</span>',
+                count_audience(obj).recipients,
+                "Live count from the filters; frozen when submitted",
+            )
+        progress = getattr(obj, "_progress", None)
+        if progress is None or not obj.sending_started_at:
+            return str(obj.recipient_count)
+        # Once sending has started, the count is the progress bar's maximum.
+        url = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
+        return format_html(
+            '<span class="cs-progress-cell" data-progress-url="{}" data-live="{}">'
+            '<progress class="cs-mini" value="{}" max="{}">{}%</progress> '
+            '<span data-field="sent">{}</span> / <span data-field="total">{}</span></span>',
+            url,
+            "1" if progress.live else "0",
+            progress.sent,
+            progress.total,
+            progress.percent,
+            progress.sent,
+            progress.total,
+        )
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        # One counter query for the whole page, not one per row.
+        rows = list(changelist.result_list)
+        for obj, progress in zip(rows, progress_for(rows).values(), strict=True):
+            obj._progress = progress
+        changelist.result_list = rows
+        return changelist
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         if obj is not None and obj.status not in EDITABLE:
             return False
@@ -151,7 +224,9 @@ class CampaignAdmin(RoleAdmin):
         return False  # cancel instead: the ledger and its history stay
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
-        fieldsets = super().get_fieldsets(request, obj)
+        fieldsets: list[tuple[Any, dict[str, Any]]] = [
+            (name, dict(opts)) for name, opts in super().get_fieldsets(request, obj)
+        ]
         if obj is not None and not self.has_change_permission(request, obj):
             # Read-only: the live count belongs to composing; the frozen count is in the panel.
             return [
@@ -161,10 +236,37 @@ class CampaignAdmin(RoleAdmin):
                 )
                 for name, opts in fieldsets
             ]
-        return fieldsets
+        return [
+            (name, {**opts, "description": self._content_help(obj)})
+            if name == "Content"
+            else (name, opts)
+            for name, opts in fieldsets
+        ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
         return super().get_queryset(request).select_related("author", "sender")
+
+    @staticmethod
+    def _content_help(obj: Campaign | None) -> str:
+        """Every placeholder a template may use (imported attributes included), each a
+        button that inserts it (placeholders.js; plain text with scripts off), and what
+        the builder adds by itself."""
+        category = obj.category if obj is not None else Campaign.Category.ANNOUNCEMENT
+        names = sorted(campaign_placeholders(category))
+        buttons = format_html_join(
+            " ",
+            '<button type="button" class="cs-placeholder" data-insert="{}"><code>{}</code></button>',
+            (("{{ " + n + " }}", "{{ " + n + " }}") for n in names),
+        )
+        return format_html(
+            '<span class="cs-placeholders">Placeholders (click to insert where you are typing): '
+            "{}. A default: <code>{}</code>; without one, a recipient missing the value is not "
+            'sent.</span><br><span class="cs-footer-note">Announcements: the builder adds '
+            "a footer with the unsubscribe link and the sender's postal address to each part "
+            "that lacks them, and the List-Unsubscribe headers.</span>",
+            buttons,
+            '{{ first_name|default:"there" }}',
+        )
 
     def save_model(
         self, request: HttpRequest, obj: Campaign, form: ModelForm[Campaign], change: bool
@@ -203,14 +305,23 @@ class CampaignAdmin(RoleAdmin):
                     request,
                     "Editing a submitted or approved campaign returns it to draft and voids its review.",
                 )
-            counts = delivery_summary(campaign.pk)
+            progress = campaign_progress(campaign)
             extra.update(
                 campaign=campaign,
-                delivery_counts=[(Delivery.Status(s).label, n) for s, n in sorted(counts.items())],
+                progress=progress,
+                chart=chart_svg_points(progress),
+                progress_url=reverse("admin:campaigns_campaign_progress", args=[campaign.pk]),
                 audit_events=AuditEvent.objects.filter(
                     object_type="campaigns.campaign", object_id=str(campaign.pk)
                 ).order_by("seq"),
                 approvals=campaign.approvals.select_related("reviewer").order_by("created_at"),
+                # Shown on top while the campaign is back in draft: what the reviewer asked for.
+                last_rejection=campaign.approvals.filter(decision=Approval.Decision.REJECTED)
+                .select_related("reviewer")
+                .order_by("-created_at")
+                .first()
+                if campaign.status == Campaign.Status.DRAFT and campaign.rejected_at
+                else None,
                 can_submit=campaign.status == Campaign.Status.DRAFT
                 and user.has_role_perm("campaigns.submit_campaign"),
                 can_test_send=campaign.status != Campaign.Status.CANCELLED
@@ -220,7 +331,7 @@ class CampaignAdmin(RoleAdmin):
                 seed_addresses=user.seed_address_list(),
                 can_operate=user.has_role_perm("campaigns.operate_campaign"),
                 can_resolve=user.has_role_perm("campaigns.resolve_delivery"),
-                unknown_total=counts.get(Delivery.Status.UNKNOWN, 0),
+                unknown_total=progress.counts["unknown"],
                 unknown_deliveries=Delivery.objects.filter(
                     campaign=campaign, status=Delivery.Status.UNKNOWN
                 ).order_by("id")[:200],
@@ -237,8 +348,22 @@ class CampaignAdmin(RoleAdmin):
         def review(request: HttpRequest, pk: int) -> HttpResponse:
             return views.review(request, pk, self.admin_site.each_context(request))
 
+        def deliveries(request: HttpRequest, pk: int) -> HttpResponse:
+            return views.deliveries(request, pk, self.admin_site.each_context(request))
+
+        def delivery_message(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse:
+            return views.delivery_message(
+                request, pk, delivery_id, self.admin_site.each_context(request)
+            )
+
         name = "campaigns_campaign_"
         custom = [
+            path("<int:pk>/deliveries/", wrap(deliveries), name=name + "deliveries"),
+            path(
+                "<int:pk>/deliveries/<int:delivery_id>/",
+                wrap(delivery_message),
+                name=name + "delivery_message",
+            ),
             path("audience-count/", wrap(views.audience_count), name=name + "audience_count"),
             path("<int:pk>/submit/", wrap(views.submit), name=name + "submit"),
             path("<int:pk>/review/", wrap(review), name=name + "review"),
@@ -258,6 +383,7 @@ class CampaignAdmin(RoleAdmin):
             path(
                 "<int:pk>/recipients.csv", wrap(views.recipients_csv), name=name + "recipients_csv"
             ),
+            path("<int:pk>/progress.json", wrap(views.progress_json), name=name + "progress"),
             path("<int:pk>/pause/", wrap(views.pause), name=name + "pause"),
             path("<int:pk>/resume/", wrap(views.resume), name=name + "resume"),
             path("<int:pk>/cancel/", wrap(views.cancel), name=name + "cancel"),

@@ -20,9 +20,6 @@ class CampaignForm(forms.ModelForm[Campaign]):
     class Meta:
         model = Campaign
         fields = list(Campaign.CONTENT_FIELDS)
-        help_texts = {
-            "subject_template": 'Placeholders: {{ first_name }}, {{ first_name|default:"there" }}, ...',
-        }
         widgets = {
             "subject_template": forms.TextInput(attrs={"size": 90}),
             "text_template": forms.Textarea(

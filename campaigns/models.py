@@ -432,3 +432,30 @@ class RateBucket(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class DeliveryCount(models.Model):
+    """How many deliveries of a campaign moved into (n > 0) or out of (n < 0) a status, per minute.
+
+    Kept by database triggers on `campaigns_delivery` (migration 0005), so no code path that
+    writes the ledger (the worker, the sweeper, bulk inserts, raw SQL) can forget it, and the
+    worker code does not change. Writers only ever INSERT here (on PostgreSQL a statement-level
+    trigger adds one row per (campaign, status) the statement touched): there is no shared
+    counter row for concurrent workers to queue on or deadlock over. Readers sum the rows for
+    one campaign and fold them (`campaigns.progress`) when they pile up, so a read stays a
+    handful of index rows however many deliveries there are. The minute makes the same rows
+    the data of the sends-per-minute chart.
+    """
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=20)
+    minute = models.DateTimeField()
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["campaign", "minute"], name="campaigns_deliverycount_c_m"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} {self.status} {self.minute:%H:%M} {self.n:+d}"

@@ -6,18 +6,24 @@ so the bytes shown here are the bytes stored with the approval.
 
 from __future__ import annotations
 
+import difflib
 import email
 import email.policy
+import re
 from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
 
+from audit.models import AuditEvent
+
 from .guard.layers import preflight
 from .guard.provider import provider_payload_preview
 from .guard.vocabulary import GuardViolation
-from .models import Campaign, Delivery
+from .models import Approval, Campaign, Delivery
 from .rendering import (
     MESSAGE_ERRORS,
     CampaignMessage,
@@ -30,6 +36,7 @@ from .rendering import (
 from .templating import compile_template
 
 RANDOM_SAMPLES = 3
+UNSUBSCRIBE_TOKEN = re.compile(r"/u/[A-Za-z0-9_:.=-]+/")
 
 
 @dataclass
@@ -45,6 +52,7 @@ class Sample:
     error: str = ""
     violations: list[str] = field(default_factory=list)
     message: CampaignMessage | None = None
+    to_count: int = 0
 
 
 @dataclass
@@ -120,11 +128,14 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
     sample.eml = raw.decode("utf-8", errors="replace")
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
     modern = email.message_from_bytes(raw, policy=email.policy.default)
-    shown = list(modern.items())
+    # Decoded as a mail client decodes it: RFC 2047 words joined by make_header, which
+    # drops the whitespace between adjacent encoded words (policy.default's str() of an
+    # address header re-folds a long display name and can show it with a stray space).
     sample.headers = [
-        (name, str(value), str(shown[i][1]) if i < len(shown) else "")
-        for i, (name, value) in enumerate(parsed.items())
+        (name, str(value), decoded_header(str(value))) for name, value in parsed.items()
     ]
+    to = modern["To"]
+    sample.to_count = len(to.addresses) if to is not None else 0
     text_part = modern.get_body(preferencelist=("plain",))
     html_part = modern.get_body(preferencelist=("html",))
     sample.text = text_part.get_content() if text_part is not None else ""
@@ -135,6 +146,19 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
     except GuardViolation as exc:
         sample.violations.append(f"{exc.layer}: {exc.reason}")
     return sample
+
+
+def decoded_header(value: str) -> str:
+    """A raw header value as a mail client shows it (encoded words decoded, folds unfolded)."""
+    try:
+        return str(make_header(decode_header(value.replace("\r\n", "").replace("\n", ""))))
+    except (HeaderParseError, LookupError, UnicodeDecodeError):
+        return value
+
+
+def render_for(campaign: Campaign, delivery: Delivery, label: str) -> Sample:
+    """One more sample, for a recipient the reviewer chose by address."""
+    return _render_sample(campaign, label, delivery)
 
 
 def count_missing_values(campaign: Campaign) -> dict[str, int]:
@@ -220,3 +244,75 @@ def build_review(campaign: Campaign) -> Review:
             )
         )
     return Review(campaign=campaign, samples=samples, checks=checks, missing_values=missing)
+
+
+@dataclass
+class SinceLastReview:
+    """What changed between the messages a reviewer last decided on and the ones now."""
+
+    decision: str
+    reviewer: str
+    decided_at: Any
+    comment: str
+    fields: list[str]
+    # (part name, unified diff lines); empty when that part is unchanged.
+    diffs: list[tuple[str, list[str]]]
+
+
+def _parts(eml: str) -> dict[str, str]:
+    message = email.message_from_string(eml, policy=email.policy.default)
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    parts = {
+        "Subject": decoded_header(str(message.get("Subject", ""))),
+        "Text part": text.get_content() if text is not None else "",
+        "HTML part": html.get_content() if html is not None else "",
+    }
+    # The unsubscribe token is signed per delivery, and a resubmission makes new deliveries:
+    # without this every diff would show the link as changed.
+    return {name: UNSUBSCRIBE_TOKEN.sub("/u/<token>/", value) for name, value in parts.items()}
+
+
+def since_last_review(campaign: Campaign, review: Review) -> SinceLastReview | None:
+    """For a resubmission: the last decision, the fields edited since, and a diff of the
+    first recipient's message as the reviewer saw it then and as it is now. (The first
+    recipient's sample stands for every message: the templates are the same for all.)"""
+    last = campaign.approvals.select_related("reviewer").order_by("-created_at").first()
+    if not isinstance(last, Approval) or not review.samples:
+        return None
+    edits = AuditEvent.objects.filter(
+        object_type="campaigns.campaign",
+        object_id=str(campaign.pk),
+        action="campaign.edited",
+        created_at__gt=last.created_at,
+    ).values_list("data", flat=True)
+    fields = sorted({name for data in edits for name in (data or {}).get("fields", [])})
+    before = next((s for s in last.samples if s.get("label") == "first recipient"), None)
+    now = review.samples[0]
+    diffs: list[tuple[str, list[str]]] = []
+    if before is not None and now.eml:
+        old, new = _parts(before["eml"]), _parts(now.eml)
+        for part in old:
+            lines = list(
+                difflib.unified_diff(
+                    old[part].splitlines(),
+                    new[part].splitlines(),
+                    "last review",
+                    "now",
+                    lineterm="",
+                )
+            )
+            # The ---/+++ file header says nothing the page does not already say.
+            diffs.append((part, [line for line in lines if not line.startswith(("---", "+++"))]))
+    return SinceLastReview(
+        decision=last.get_decision_display(),
+        reviewer=str(last.reviewer),
+        decided_at=last.created_at,
+        comment=last.comment,
+        fields=[
+            str(getattr(Campaign._meta.get_field(f), "verbose_name", f))
+            for f in fields
+            if f != "audience_count"
+        ],
+        diffs=diffs,
+    )

@@ -170,6 +170,8 @@ def reject_campaign(campaign: Campaign, *, by: User, digest: str, comment: str) 
             digest=digest,
             recipient_count=campaign.recipient_count,
             audience_hash=campaign.audience_hash,
+            # What the reviewer saw and refused: the resubmission is diffed against it.
+            samples=build_review(campaign).stored_samples(),
         )
         _void_submission(change)
         change.data.update(digest=digest, approval=approval.pk, comment=approval.comment)
@@ -183,6 +185,9 @@ def reject_campaign(campaign: Campaign, *, by: User, digest: str, comment: str) 
 @dataclass
 class TestSendResult:
     sent: list[str] = field(default_factory=list)
+
+
+TEST_SUBJECT_PREFIX = "[TEST] "
 
 
 def send_test(campaign: Campaign, *, by: User) -> TestSendResult:
@@ -205,6 +210,9 @@ def send_test(campaign: Campaign, *, by: User) -> TestSendResult:
         build_message(campaign, recipient_for_test(campaign, by, address), send_time=now)
         for address in seeds
     ]
+    for message in messages:
+        # A test must never pass for the real thing in an inbox.
+        message.subject = TEST_SUBJECT_PREFIX + str(message.subject)
     connection = get_connection()
     with connection:
         for message in messages:

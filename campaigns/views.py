@@ -10,10 +10,13 @@ from __future__ import annotations
 import email
 import email.policy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import (
     Http404,
     HttpRequest,
@@ -38,6 +41,7 @@ from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .permissions import decision_refusal
+from .progress import PIPELINE, campaign_progress
 from .rendering import (
     MESSAGE_ERRORS,
     build_message,
@@ -45,7 +49,7 @@ from .rendering import (
     recipient_for_delivery,
     render_eml,
 )
-from .review import build_review
+from .review import build_review, render_for, since_last_review
 
 
 def _user(request: HttpRequest) -> User:
@@ -95,14 +99,46 @@ def submit(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+RECIPIENTS_PER_PAGE = 50
+
+
 @require_GET
 def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
+    """The review screen: summary and checks on top, one sample at a time, the decision bar.
+
+    Everything is a plain link or GET form (sample tabs, phone width, render for an
+    address, recipient search), so it works with scripts off.
+    """
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     if not campaign.frozen_digest:
         messages.info(request, "Nothing to review: the campaign has not been submitted.")
         return _back(campaign)
     result = build_review(campaign)
-    recipients = Delivery.objects.filter(campaign=campaign).order_by("id")[:50]
+    samples = list(result.samples)
+    address = request.GET.get("address", "").strip()
+    address_note = ""
+    if address:
+        chosen = Delivery.objects.filter(campaign=campaign, address__iexact=address).first()
+        if chosen is None:
+            address_note = f"{address} is not among this campaign's recipients."
+        elif all(s.delivery.pk != chosen.pk for s in samples):
+            samples.append(render_for(campaign, chosen, "chosen by address"))
+    try:
+        current = int(request.GET.get("sample", "1"))
+    except ValueError:
+        current = 1
+    if address and not address_note:
+        current = next(
+            i for i, s in enumerate(samples, 1) if s.delivery.address.lower() == address.lower()
+        )
+    current = min(max(current, 1), max(len(samples), 1))
+
+    query = request.GET.get("q", "").strip()
+    recipients = Delivery.objects.filter(campaign=campaign).order_by("id")
+    if query:
+        recipients = recipients.filter(address__icontains=query)
+    page_number = request.GET.get("page", "1")
+    page = _recipients_page(recipients, page_number)
     # Why this person may not decide (shown in place of the buttons), None if they may.
     refusal = (
         decision_refusal(user, campaign) if campaign.status == Campaign.Status.IN_REVIEW else None
@@ -113,14 +149,52 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
         "campaign": campaign,
         "opts": Campaign._meta,
         "review": result,
+        "samples": samples,
+        "current": current,
+        "sample": samples[current - 1] if samples else None,
+        "phone": request.GET.get("width") == "phone",
+        "address": address,
+        "address_note": address_note,
+        "query": query,
+        "recipients": page,
         "digest": campaign.frozen_digest,
-        "recipients": recipients,
         "can_decide": campaign.status == Campaign.Status.IN_REVIEW and refusal is None,
         "decision_refusal": refusal,
         "decision_form": DecisionForm(initial={"digest": campaign.frozen_digest}),
         "remote_images": request.GET.get("remote_images") == "1",
+        "typed_count_needed": campaign.recipient_count > settings.APPROVE_TYPED_COUNT_ABOVE,
+        # A resubmission: what changed since the last decision, shown above the samples.
+        "since": since_last_review(campaign, result)
+        if campaign.status == Campaign.Status.IN_REVIEW
+        else None,
+        "starts_at": campaign.scheduled_at,
     }
     return TemplateResponse(request, "admin/campaigns/campaign/review.html", context)
+
+
+@dataclass
+class RecipientsPage:
+    rows: list[Delivery]
+    number: int
+    has_next: bool
+
+    @property
+    def has_previous(self) -> bool:
+        return self.number > 1
+
+
+def _recipients_page(recipients: QuerySet[Delivery], number: str) -> RecipientsPage:
+    """One page of the recipient list without counting the whole ledger (keyset-free, but
+    bounded: OFFSET on the (campaign, id) order, and one extra row to know if there is more)."""
+    try:
+        page = max(int(number), 1)
+    except ValueError:
+        page = 1
+    start = (page - 1) * RECIPIENTS_PER_PAGE
+    rows = list(recipients.only("id", "address", "status")[start : start + RECIPIENTS_PER_PAGE + 1])
+    return RecipientsPage(
+        rows=rows[:RECIPIENTS_PER_PAGE], number=page, has_next=len(rows) > RECIPIENTS_PER_PAGE
+    )
 
 
 def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
@@ -130,6 +204,15 @@ def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
         messages.error(request, "The review form was incomplete: " + form.errors.as_text())
         return _back(campaign, "review")
     digest, comment = form.cleaned_data["digest"], form.cleaned_data["comment"]
+    if approve and campaign.recipient_count > settings.APPROVE_TYPED_COUNT_ABOVE:
+        typed = request.POST.get("confirm_count", "").replace(",", "").replace(" ", "").strip()
+        if typed != str(campaign.recipient_count):
+            messages.error(
+                request,
+                f"Not approved: type the recipient count ({campaign.recipient_count}) to confirm "
+                "a send this large.",
+            )
+            return _back(campaign, "review")
     if approve:
         return _transition(
             request,
@@ -143,7 +226,8 @@ def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
         campaign,
         lambda: services.reject_campaign(campaign, by=user, digest=digest, comment=comment),
         "Rejected: the campaign is back in draft with your comment.",
-        view="review",
+        # The campaign page, not the review screen: a draft has nothing to review, and
+        # landing there added a second message that contradicted this one.
     )
 
 
@@ -294,6 +378,96 @@ def audience_count(request: HttpRequest) -> JsonResponse:
             "unmatched_list_addresses": summary.unmatched_list_addresses,
         }
     )
+
+
+DELIVERIES_PER_PAGE = 50
+
+
+@require_GET
+def deliveries(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
+    """Every recipient of a campaign and where their message stands.
+
+    Pages by id (`?after=<id>`), never by OFFSET or a COUNT of the ledger, so the last page
+    of a million rows costs what the first does. A search with an @ is an exact address
+    (the (campaign, lower(address)) index); without one it is a substring scan, bounded by
+    the page size.
+    """
+    campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
+    stage = request.GET.get("stage", "")
+    query = request.GET.get("q", "").strip()
+    rows = Delivery.objects.filter(campaign=campaign)
+    stages = {key: statuses for key, _, statuses in PIPELINE}
+    if stage in stages:
+        rows = rows.filter(status__in=stages[stage])
+    if query:
+        rows = (
+            rows.filter(address__iexact=query)
+            if "@" in query
+            else rows.filter(address__icontains=query)
+        )
+    try:
+        after = int(request.GET.get("after", "0"))
+    except ValueError:
+        after = 0
+    page = list(
+        rows.filter(id__gt=after)
+        .order_by("id")
+        .only("id", "address", "status", "attempts", "sent_at", "last_error")[
+            : DELIVERIES_PER_PAGE + 1
+        ]
+    )
+    has_next = len(page) > DELIVERIES_PER_PAGE
+    page = page[:DELIVERIES_PER_PAGE]
+    progress = campaign_progress(campaign)
+    context = {
+        **site_context,
+        "title": f"Recipients: {campaign.name}",
+        "campaign": campaign,
+        "opts": Campaign._meta,
+        "rows": page,
+        "has_next": has_next,
+        "next_after": page[-1].pk if page else after,
+        "after": after,
+        "stage": stage,
+        "query": query,
+        "stages": progress.stages,
+        "can_resolve": user.has_role_perm("campaigns.resolve_delivery"),
+    }
+    return TemplateResponse(request, "admin/campaigns/campaign/deliveries.html", context)
+
+
+@require_GET
+def delivery_message(
+    request: HttpRequest, pk: int, delivery_id: int, site_context: dict[str, Any]
+) -> HttpResponse:
+    """One delivery's message in the browser: headers, text part, sandboxed HTML part.
+
+    Rebuilt by the one builder from the frozen recipient data, as the review screen does
+    (the Date header is the preview time, not the moment it went out).
+    """
+    campaign, _ = campaign_for(request, pk, "campaigns.view_campaign")
+    delivery = get_object_or_404(Delivery, pk=delivery_id, campaign=campaign)
+    context = {
+        **site_context,
+        "title": f"Message to {delivery.address}",
+        "campaign": campaign,
+        "opts": Campaign._meta,
+        "delivery": delivery,
+        "sample": render_for(campaign, delivery, "this delivery"),
+    }
+    return TemplateResponse(request, "admin/campaigns/campaign/delivery_message.html", context)
+
+
+@require_GET
+def progress_json(request: HttpRequest, pk: int) -> JsonResponse:
+    """The sending panel's numbers, for its poller: read from the counters, never the ledger."""
+    user = _user(request)
+    if not user.has_role_perm("campaigns.view_campaign"):
+        raise PermissionDenied("Your role does not grant campaigns.view_campaign.")
+    campaign = get_object_or_404(Campaign, pk=pk)
+    response = JsonResponse(campaign_progress(campaign).as_json())
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 # --- Operator controls (sending) ---------------------------------------------------------------

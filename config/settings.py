@@ -117,6 +117,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "accounts.middleware.UserTimezoneMiddleware",
+    "config.errors.MethodNotAllowedPage",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as axes asks: it turns a login refused by the throttle into the lockout page.
     "axes.middleware.AxesMiddleware",
@@ -357,6 +358,8 @@ CLAIM_LEASE_SECONDS = env_int("CLAIM_LEASE_SECONDS", 300)
 # internal domains (comma-separated), never to an audience member, and only a few.
 TEST_SEND_INTERNAL_DOMAINS = env_list("TEST_SEND_INTERNAL_DOMAINS", [])
 TEST_SEND_MAX_SEEDS = env_int("TEST_SEND_MAX_SEEDS", 5)
+# Approving a campaign for more recipients than this asks the reviewer to type the count.
+APPROVE_TYPED_COUNT_ABOVE = env_int("APPROVE_TYPED_COUNT_ABOVE", 500)
 
 LOGGING: dict[str, Any] = {
     "version": 1,

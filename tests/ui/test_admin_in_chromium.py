@@ -20,6 +20,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 from playwright.sync_api import Route, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from accounts.management.commands.seed_demo import CAMPAIGN_NAME
 from accounts.models import User
@@ -58,6 +59,10 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     """The demo path: olivia submits the seeded draft, rita reviews it and approves."""
     page = browser.page
     browser.login("olivia")
+    browser.goto(reverse("admin:index"))
+    expect(page.locator("#my-drafts")).to_contain_text(campaign.name)
+    expect(page.locator("#review-queue")).to_have_count(0)
+    browser.screenshot("olivia-home")
     browser.goto(admin_url("change", campaign.pk))
     status = page.locator("#campaign-status h2 .cs-badge").first
     expect(status).to_have_text("Draft")
@@ -75,12 +80,26 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     page.get_by_role("link", name="Review screen").click()
     expect(page).to_have_url(browser.url(admin_url("review", campaign.pk)))
     expect(page.locator("#decision")).to_be_visible()
-    expect(page.get_by_role("button", name="Approve and send")).to_have_count(0)
+    expect(page.locator("#approve-step")).to_have_count(0)
     expect(page.locator("#approve-form")).to_have_count(0)
     browser.screenshot("olivia-review-no-approve")
+    # A crafted approve request, with a valid CSRF token, is refused on the server.
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+    crafted = page.request.post(
+        browser.url(admin_url("approve", campaign.pk)),
+        form={"csrfmiddlewaretoken": token, "digest": campaign.frozen_digest},
+        headers={"X-CSRFToken": token},
+    )
+    assert crafted.status == 403, crafted.status
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.IN_REVIEW
     browser.logout()
 
     browser.login("rita")
+    browser.goto(reverse("admin:index"))
+    expect(page.locator("#review-queue-count")).to_have_text("1")
+    expect(page.locator("#review-queue")).to_contain_text(campaign.name)
+    browser.screenshot("rita-home-queue")
     browser.goto(admin_url("change", campaign.pk))
     browser.screenshot("rita-campaign")
     page.get_by_role("link", name="Review screen").click()
@@ -99,9 +118,16 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     browser.screenshot("rita-review")
     browser.element_screenshot(page.locator("iframe.cs-html").first, "rita-review-html-part")
 
-    approve = page.get_by_role("button", name="Approve and send")
-    expect(approve).to_be_enabled()
-    approve.click()
+    # The decision asks for confirmation, with the count and when sending starts.
+    page.locator("#approve-step > summary").click()
+    confirm = page.locator("#approve-confirm-text")
+    expect(confirm).to_be_visible()
+    expect(confirm).to_contain_text(f"{campaign.recipient_count} message")
+    expect(confirm).to_contain_text("as soon as you confirm")
+    browser.screenshot("rita-approve-confirmation")
+    page.get_by_role(
+        "button", name=f"Confirm: approve and send to {campaign.recipient_count}"
+    ).click()
     assert "Approved." in browser.success_message()
     browser.screenshot("rita-approved")
     campaign.refresh_from_db()
@@ -110,14 +136,21 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
 
 
 def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
-    """Every sample shows its headers, its text part and its HTML part in a sandbox."""
+    """Each sample, switched to by its tab: "1 recipient", its headers, text and sandboxed HTML."""
     page = browser.page
-    samples = page.locator(".cs-sample")
-    assert samples.count() >= 2, "the first recipient and at least one more sample"
+    tabs = page.locator("nav.cs-tabs a.cs-tab")
+    assert tabs.count() >= 2, "the first recipient and at least one more sample"
     addresses = set(Delivery.objects.filter(campaign=campaign).values_list("address", flat=True))
-    for sample in samples.all():
+    for index in range(tabs.count()):
+        tabs.nth(index).click()
+        expect(tabs.nth(index)).to_have_attribute("aria-current", "page")
+        sample = page.locator(".cs-sample")
+        expect(sample).to_have_count(1)
+        expect(sample.locator("tr.cs-to-row .cs-one-recipient")).to_have_text("1 recipient")
         headers = {
-            row.locator("th").inner_text().strip(): row.locator("td").inner_text().strip()
+            row.locator("th").inner_text().strip(): row.locator("td code.cs-raw")
+            .inner_text()
+            .strip()
             for row in sample.locator("table.cs-headers tr").all()
         }
         for name in ("From", "To", "Subject", "Message-ID", "List-Unsubscribe"):
@@ -125,6 +158,7 @@ def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
         to = email.message_from_string(f"To: {headers['To']}\n\n", policy=email.policy.default)
         recipients = [a.addr_spec for a in to["To"].addresses]
         assert len(recipients) == 1 and recipients[0] in addresses, headers["To"]
+        assert recipients[0] == sample.get_attribute("data-address")
         expect(sample.locator("pre.cs-text")).to_contain_text("what changed on the platform")
 
         frame_element = sample.locator("iframe.cs-html")
@@ -134,6 +168,7 @@ def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
         assert frame is not None, "the HTML iframe has no document"
         frame.wait_for_load_state()
         expect(frame.locator("body")).to_contain_text("what changed on the platform")
+        browser.screenshot(f"rita-review-sample-{index + 1}")
 
 
 # --- 1. The review journey ---------------------------------------------------------------------
@@ -269,6 +304,15 @@ def test_compose_counts_recipients_live_and_refuses_a_bad_placeholder_with_its_p
     )
     page.locator("#id_text_template").fill(TEXT)
     page.locator("#id_html_template").fill(HTML)
+    # Every placeholder is a button that inserts itself where the author was typing.
+    subject = page.locator("#id_subject_template")
+    subject.click()
+    subject.press("End")
+    page.locator('button.cs-placeholder[data-insert="{{ last_name }}"]').click()
+    expect(subject).to_have_value(
+        'Neu auf der Plattform, {{ first_name|default:"du" }}{{ last_name }}'
+    )
+    subject.fill('Neu auf der Plattform, {{ first_name|default:"du" }}')
 
     # Typed like a person; the count follows the last keystroke (the request says so).
     with page.expect_response(
@@ -416,5 +460,153 @@ def test_approving_the_seeded_campaign_fills_the_outbox_with_one_eml_per_recipie
     browser_page.goto(admin_url("change", campaign.pk))
     panel = browser_page.page.locator("#campaign-status")
     expect(panel.locator(".cs-badge").first).to_have_text("Sent")
-    expect(panel).to_contain_text(f"Sent: {DEMO_USERS}")
+    bar = panel.locator("progress#send-progress")
+    expect(bar).to_have_attribute("value", str(DEMO_USERS))
+    expect(bar).to_have_attribute("max", str(DEMO_USERS))
     browser_page.screenshot("rita-campaign-after-sending")
+
+
+@pytest.mark.worker
+def test_sending_panel_progress_advances_without_a_reload_to_its_maximum(
+    browser_page: BrowserPage,
+    celery_workers: CeleryWorkers,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    # Slow enough (3 messages a second) that the page sees the send in motion.
+    settings.OUTBOX_DIR = tmp_path / "outbox"
+    worker = celery_workers(
+        name="browser-progress",
+        concurrency=1,
+        extra_env={
+            "OUTBOX_DIR": str(settings.OUTBOX_DIR),
+            "EMAIL_TRANSPORT": "campaigns.backends.OutboxBackend",
+            "SEND_RATE_PER_SECOND": "3",
+            "SEND_BURST": "1",
+        },
+    )
+    campaign = seed_demo()
+    olivia, rita = User.objects.get(username="olivia"), User.objects.get(username="rita")
+    campaign = services.submit_for_review(campaign, by=olivia)
+
+    page = browser_page.page
+    browser_page.login("rita")
+    browser_page.goto(admin_url("change", campaign.pk))
+    bar = page.locator("progress#send-progress")
+    expect(bar).to_have_attribute("max", str(DEMO_USERS))
+    expect(bar).to_have_attribute("value", "0")
+    # Marks this document: a reload or a navigation would lose it.
+    page.evaluate("() => { window.__sameDocument = true; }")
+    services.approve_campaign(campaign, by=rita, digest=campaign.frozen_digest)
+
+    # The poller picks up the start, the rising count and the end, all in this document.
+    expect(page.locator('#sending-panel [data-field="status_label"]')).to_have_text(
+        "Sending", timeout=30_000
+    )
+    # One condition, checked in the page every 100 ms: it notes a value between the ends
+    # on the way, and holds when the bar is full.
+    try:
+        page.wait_for_function(
+            """max => {
+                const bar = document.getElementById("send-progress");
+                if (bar.value > 0 && bar.value < max) window.__seenMidway = true;
+                return bar.value >= max;
+            }""",
+            arg=DEMO_USERS,
+            polling=100,
+            timeout=90_000,
+        )
+    except PlaywrightTimeout:
+        value = bar.evaluate("el => el.value")
+        pytest.fail(f"progress stuck at {value}\n" + worker.log_tail())
+    assert page.evaluate("() => window.__seenMidway") is True, (
+        "the bar jumped from 0 to the end: it never showed a send in motion"
+    )
+    assert page.evaluate("() => window.__sameDocument") is True
+    expect(page.locator('#sending-panel [data-stage="sent"] .cs-stage-count')).to_have_text(
+        str(DEMO_USERS)
+    )
+    expect(page.locator('#sending-panel [data-field="status_label"]')).to_have_text(
+        "Sent", timeout=60_000
+    )
+    expect(page.locator('#sending-panel [data-field="finished_at"]')).not_to_have_text("—")
+    browser_page.screenshot("rita-campaign-sent-live")
+
+    # The recipient table shows every delivery sent, and a message opens in the browser.
+    browser_page.goto(reverse("admin:campaigns_campaign_deliveries", args=[campaign.pk]))
+    rows = page.locator("#delivery-table tbody tr")
+    expect(rows).to_have_count(DEMO_USERS)
+    expect(page.locator('#delivery-table tbody tr[data-status="sent"]')).to_have_count(DEMO_USERS)
+    browser_page.screenshot("recipient-table")
+    rows.first.get_by_role("link", name="view").click()
+    message = page.locator("#delivery-message")
+    expect(message.locator(".cs-one-recipient")).to_have_text("1 recipient")
+    expect(message.locator("pre.cs-text")).to_contain_text("what changed on the platform")
+    browser_page.screenshot("delivery-message")
+
+    # The list's progress column and the home page agree.
+    browser_page.goto(reverse("admin:campaigns_campaign_changelist"))
+    expect(page.locator("progress.cs-mini").first).to_have_attribute("value", str(DEMO_USERS))
+    # The admin scrolls a wide result table inside its own box: no column may be clipped.
+    clipped = page.evaluate(
+        "() => { const r = document.querySelector('.results');"
+        " return [r.scrollWidth, r.clientWidth]; }"
+    )
+    assert clipped[0] <= clipped[1], f"campaign list columns clipped: {clipped}"
+    browser_page.screenshot("campaign-list")
+    browser_page.goto(reverse("admin:index"))
+    expect(page.locator("#finished")).to_contain_text(campaign.name)
+    browser_page.screenshot("rita-home-finished")
+    assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+# --- Rejection, and the pages that say no --------------------------------------------------------
+
+
+def test_a_rejection_reaches_the_author_on_top_of_her_page(browser_page: BrowserPage) -> None:
+    campaign = seed_demo()
+    campaign = services.submit_for_review(campaign, by=User.objects.get(username="olivia"))
+    page = browser_page.page
+    browser_page.login("rita")
+    browser_page.goto(admin_url("review", campaign.pk))
+    page.locator("#reject-step > summary").click()
+    page.locator("#reject-comment").fill("Name the maintenance date in the subject line.")
+    browser_page.screenshot("rita-reject-step")
+    page.get_by_role("button", name="Reject: back to draft").click()
+    # One message, on the campaign page: not a second, contradicting one from the review.
+    expect(page.locator("ul.messagelist li")).to_have_count(1)
+    assert "Rejected" in browser_page.success_message()
+    browser_page.logout()
+
+    browser_page.login("olivia")
+    browser_page.goto(admin_url("change", campaign.pk))
+    banner = page.locator("#rejection-banner")
+    expect(banner).to_contain_text("Sent back by rita")
+    expect(banner).to_contain_text("Name the maintenance date in the subject line.")
+    expect(page.get_by_role("button", name="Cancel campaign")).to_have_count(0)
+    browser_page.screenshot("olivia-rejection-banner")
+
+    # She fixes the subject and resubmits; rita sees what changed since her decision.
+    subject = page.locator("#id_subject_template")
+    subject.fill("Maintenance on Saturday: " + subject.input_value())
+    page.get_by_role("button", name="Save and continue editing").click()
+    page.get_by_role("button", name="Submit for review").click()
+    assert "Submitted for review" in browser_page.success_message()
+    browser_page.logout()
+    browser_page.login("rita")
+    browser_page.goto(admin_url("review", campaign.pk))
+    since = page.locator("#since-last-review")
+    expect(since).to_contain_text("Name the maintenance date in the subject line.")
+    expect(since.locator(".cs-add").first).to_contain_text("Maintenance on Saturday")
+    browser_page.screenshot("rita-review-since-last")
+
+    # A GET on an action and a refused approval are pages that explain themselves.
+    response = page.goto(browser_page.url(admin_url("approve", campaign.pk)))
+    assert response is not None and response.status == 405
+    expect(page.locator("#error-page")).to_contain_text("only takes a button press")
+    browser_page.screenshot("405-page")
+    response = page.goto(browser_page.url(admin_url("review", 999_999)))
+    assert response is not None and response.status == 404
+    expect(page.locator("#error-page")).to_contain_text("404")
+    browser_page.screenshot("404-page")
+    assert browser_page.errors == [] or all("404" in e or "405" in e for e in browser_page.errors)
