@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import (
+    FileResponse,
     Http404,
     HttpRequest,
     HttpResponse,
@@ -38,6 +40,7 @@ from .audience import count_audience, recipients_csv_rows
 from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .permissions import decision_refusal
+from .record import write_record_zip
 from .rendering import (
     MESSAGE_ERRORS,
     build_message,
@@ -252,6 +255,24 @@ def recipients_csv(request: HttpRequest, pk: int) -> HttpResponseBase:
         f'attachment; filename="campaign-{campaign.pk}-recipients.csv"'
     )
     return response
+
+
+@require_GET
+def compliance_record(request: HttpRequest, pk: int) -> HttpResponseBase:
+    """The campaign's compliance record as a zip; the export itself is an audit event."""
+    campaign, user = campaign_for(request, pk, "audit.view_auditevent")
+    if not user.has_role_perm("campaigns.view_delivery"):
+        raise PermissionDenied("Your role does not grant campaigns.view_delivery.")
+    # Built in an anonymous temporary file, so a million deliveries never sit in memory.
+    target = tempfile.TemporaryFile()
+    write_record_zip(campaign, by=user, target=target)
+    target.seek(0)
+    return FileResponse(
+        target,
+        as_attachment=True,
+        filename=f"campaign-{campaign.pk}-record.zip",
+        content_type="application/zip",
+    )
 
 
 @require_GET
