@@ -45,6 +45,7 @@ from audit.models import AuditEvent
 
 from .digests import digest_content, sample_sha256
 from .models import Approval, Campaign, Delivery, ProviderEvent
+from .retention import PURGED
 
 FORMAT = "countersign.campaign-record.v1"
 BLOCK_ROWS = 1000
@@ -301,6 +302,9 @@ def _write_deliveries(campaign: Campaign, path: Path) -> dict[str, Any]:
                 block = hashlib.sha256()
     if rows % BLOCK_ROWS:
         blocks.append(block.hexdigest())
+    purges = AuditEvent.objects.filter(
+        object_type=CAMPAIGN_OBJECT, object_id=str(campaign.pk), action=PURGED
+    ).order_by("seq")
     return {
         "summary": {
             "file": DELIVERIES_FILE,
@@ -308,6 +312,11 @@ def _write_deliveries(campaign: Campaign, path: Path) -> dict[str, Any]:
             "order": "user_id",
             "columns": list(DELIVERY_COLUMNS),
             "status_counts": dict(sorted(statuses.items())),
+            # Rows deleted under the retention policy (campaigns/retention.py), by event.
+            "purged": [
+                {"seq": e.seq, "at": _time(e.created_at), "deliveries": e.data.get("deliveries")}
+                for e in purges
+            ],
         },
         "blocks": blocks,
     }

@@ -91,6 +91,13 @@ if not AUDIT_ANCHOR_KEY and DEBUG:
 AUDIT_ANCHOR_PATH = env_path("AUDIT_ANCHOR_PATH", VAR_DIR / "audit" / "anchors.jsonl")
 AUDIT_ANCHOR_INTERVAL_SECONDS = env_float("AUDIT_ANCHOR_INTERVAL_SECONDS", 60.0)
 
+# --- Retention ----------------------------------------------------------------------------
+# How long deliveries and provider events are kept after a campaign ends, for
+# `purge_expired_deliveries` (campaigns/retention.py). Approvals and audit events are never
+# deleted by the app, whatever this says. Three years (with a leap day) by default: FINRA
+# 2210 and SEC 17a-4 keep communications records for three.
+RETENTION_DAYS = env_int("RETENTION_DAYS", 3 * 365 + 1)
+
 INSTALLED_APPS = [
     "accounts",
     "audit",
