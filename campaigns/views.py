@@ -33,6 +33,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.importer import check_attribute_name
 from accounts.models import User
+from accounts.second_factor import require_second_factor
 from audit.chain import record_audit
 
 from . import services
@@ -151,11 +152,13 @@ def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
 
 
 @require_POST
+@require_second_factor(fresh=True)
 def approve(request: HttpRequest, pk: int) -> HttpResponse:
     return _decide(request, pk, approve=True)
 
 
 @require_POST
+@require_second_factor()
 def reject(request: HttpRequest, pk: int) -> HttpResponse:
     return _decide(request, pk, approve=False)
 
@@ -380,6 +383,7 @@ def mark_sent(request: HttpRequest, pk: int) -> HttpResponse:
     return _resolve(request, pk, resend=False)
 
 
+@require_second_factor()
 def emergency_stop(request: HttpRequest, site_context: dict[str, Any]) -> HttpResponse:
     """GET shows the switch; POST halts or releases all sending (Admin and Compliance)."""
     user = _user(request)
