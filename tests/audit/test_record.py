@@ -29,7 +29,7 @@ from audit.models import AuditEvent, chain_hash
 from campaigns import services, worker
 from campaigns.digests import _canonical_json, content_digest, digest_content, digest_of_content
 from campaigns.models import Campaign, Delivery, ProviderEvent
-from campaigns.record import audit_event_dict, canonical
+from campaigns.record import audit_event_dict, canonical, write_campaign_record
 from tests.factories import make_campaign
 
 pytestmark = pytest.mark.django_db
@@ -305,3 +305,49 @@ def test_an_event_rewritten_with_every_later_hash_recomputed_is_caught_by_the_si
         result.stdout
     )
     assert "its hash is not the one the signed head carries" in result.stdout
+
+
+def _bulk_deliveries(campaign: Campaign, start: int, count: int) -> None:
+    users = User.objects.bulk_create(
+        [
+            User(username=f"bulk{i}@example.org", email=f"bulk{i}@example.org", password="!")
+            for i in range(start, start + count)
+        ]
+    )
+    Delivery.objects.bulk_create(
+        [
+            Delivery(
+                campaign=campaign,
+                user=user,
+                address=user.email,
+                recipient_data={"first_name": "Zoë", "email": user.email},
+                status=Delivery.Status.SENT,
+                message_id=f"<{user.pk}@mail.example.com>",
+            )
+            for user in users
+        ]
+    )
+
+
+def test_the_export_streams_in_flat_memory(sent_campaign: Campaign, tmp_path: Path) -> None:
+    """Four times the deliveries may not take four times the memory: rows stream to disk."""
+    import tracemalloc
+
+    def peak(rows: int, out: Path) -> int:
+        _bulk_deliveries(sent_campaign, Delivery.objects.count() + 10_000, rows)
+        tracemalloc.start()
+        try:
+            write_campaign_record(sent_campaign, by="test", directory=out)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small = peak(3000, tmp_path / "small")
+    large = peak(9000, tmp_path / "large")  # 12,000 in all: four times as many
+    assert (
+        json.loads((tmp_path / "large" / "record.json").read_text())["sections"]["deliveries"][
+            "rows"
+        ]
+        == 12_005
+    )
+    assert large < small * 1.5, (small, large)
