@@ -271,3 +271,8 @@ def test_with_the_setting_off_nobody_needs_a_device(
     )
     assert not refused_to_second_factor(response)
     assert Approval.objects.filter(campaign=in_review).exists()
+
+
+def test_every_admin_page_links_to_the_second_factor_page(rita: User) -> None:
+    page = client_for(rita, verified=False).get(reverse("admin:index"))
+    assert f'href="{SECOND_FACTOR_PAGE}"' in page.content.decode()
