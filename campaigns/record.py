@@ -224,7 +224,8 @@ def _operator_actions(campaign: Campaign) -> list[dict[str, Any]]:
     mine = (about_campaign & Q(action__in=OPERATOR_ACTIONS)) | Q(
         action__in=["delivery.resend", "delivery.marked_sent"], data__campaign_id=campaign.pk
     )
-    # The emergency stop acts on every campaign: list the ones while this one was under way.
+    # The emergency stop acts on every campaign: list every one since this campaign's first
+    # event (a stop after it finished changed nothing for it, but says so by its time).
     span = AuditEvent.objects.filter(about_campaign).aggregate(first=Min("seq"), last=Max("seq"))
     if span["first"] is not None:
         mine |= Q(
@@ -250,7 +251,7 @@ def _provider_event_dict(event: ProviderEvent) -> dict[str, Any]:
 
 
 class _HashingWriter:
-    """Writes text to a file and hashes what it writes."""
+    """Writes bytes to a file and feeds the same bytes to the hashers given with them."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle

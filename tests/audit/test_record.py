@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -351,3 +351,15 @@ def test_the_export_streams_in_flat_memory(sent_campaign: Campaign, tmp_path: Pa
         == 12_005
     )
     assert large < small * 1.5, (small, large)
+
+
+def test_no_export_is_signed_over_a_chain_rewritten_in_the_database(
+    sent_campaign: Campaign, tmp_path: Path
+) -> None:
+    from tests.hostile.test_audit_anchor import _rewrite
+
+    export(sent_campaign, tmp_path / "first")  # anchors the chain as it stands
+    approved = AuditEvent.objects.get(action="campaign.approved")
+    _rewrite(approved.seq, {**approved.data, "digest": "0" * 64})
+    with pytest.raises(CommandError, match="does not continue its signed anchors"):
+        export(sent_campaign, tmp_path / "second")

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from audit.anchor import AnchorRefused
 from campaigns.models import Campaign
 from campaigns.record import write_campaign_record, write_record_zip
 
@@ -43,11 +44,18 @@ class Command(BaseCommand):
         except (KeyError, OSError):
             account = "unknown account"
         actor = f"manage.py ({account})"
-        if out.suffix == ".zip":
-            with out.open("wb") as target:
-                summary = write_record_zip(campaign, by=actor, target=target)
-        else:
-            summary = write_campaign_record(campaign, by=actor, directory=out)
+        try:
+            if out.suffix == ".zip":
+                with out.open("wb") as target:
+                    summary = write_record_zip(campaign, by=actor, target=target)
+            else:
+                summary = write_campaign_record(campaign, by=actor, directory=out)
+        except AnchorRefused as refused:
+            # Signing this chain would bless a forgery: say so, export nothing signed.
+            raise CommandError(
+                f"The audit chain does not continue its signed anchors ({refused}); run "
+                "`manage.py verify_audit` to see where. Nothing was exported."
+            ) from None
         self.stdout.write(
             f"Wrote {out}: {summary.deliveries} deliveries, {summary.provider_events} provider "
             f"events, audit events up to #{summary.signed_head_seq} (signed head), sealed by "
