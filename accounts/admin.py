@@ -31,6 +31,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from . import services
 from .forms import (
@@ -44,6 +46,7 @@ from .importer import ImportFileError, ImportReport, import_users_csv
 from .models import RoleGrant, User
 from .role_admin import ReadOnlyAdmin, RoleAdmin
 from .roles import COMPLIANCE
+from .second_factor import require_second_factor
 from .views import PasswordLinkView, own_password_change
 
 IMPORT_TOKEN_SALT = "accounts.admin.import-users"
@@ -291,7 +294,26 @@ class UserAdmin(RoleAdmin, DjangoUserAdmin[User]):
         for formset in formsets:
             self.save_formset(request, form, formset, change=change)
 
+    # Every change to an account is a staff-account change: with the second factor on,
+    # none is taken from a session that has not verified it (accounts/second_factor.py).
+    @method_decorator(require_second_factor())
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    @method_decorator(require_second_factor())
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return super().delete_view(request, object_id, extra_context)
+
     @method_decorator(sensitive_post_parameters())
+    @method_decorator(require_second_factor())
     def user_change_password(
         self, request: HttpRequest, id: str, form_url: str = ""
     ) -> HttpResponse:
@@ -331,6 +353,7 @@ class UserAdmin(RoleAdmin, DjangoUserAdmin[User]):
         # Showing the form, or showing its errors: Django's own page does that.
         return super().user_change_password(request, id, form_url)
 
+    @method_decorator(require_second_factor())
     def send_password_link_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST: mail the owner a link to choose their password (audited)."""
         user = self.get_object(request, unquote(object_id))
@@ -536,6 +559,7 @@ class RoleGrantAdmin(ReadOnlyAdmin):
             extra["grant"] = grant
         return super().change_view(request, object_id, form_url, extra)
 
+    @method_decorator(require_second_factor())
     def decide_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """POST confirm or refuse (CSRF-checked by the admin); the service holds the rules."""
         grant = self.get_object(request, unquote(object_id))
@@ -586,3 +610,11 @@ class RoleGroupAdmin(ReadOnlyAdmin):
 # that page on the default site (the one config/urls.py mounts) records the change as the
 # owner's, keeping "known to the owner only" true when it was.
 admin.site.password_change = own_password_change  # type: ignore[method-assign]
+
+
+# django-otp's device admin would show recovery codes and TOTP keys, and let a superuser
+# put a device of their own on someone else's account: enrolment is the owner's page only
+# (admin/second-factor/). The plugin admins register before this module (INSTALLED_APPS).
+for _device_model in (TOTPDevice, StaticDevice):
+    if admin.site.is_registered(_device_model):
+        admin.site.unregister(_device_model)

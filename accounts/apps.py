@@ -14,5 +14,7 @@ class AccountsConfig(AppConfig):
         from axes.signals import user_locked_out
 
         from .login_throttle import audit_lockout
+        from .second_factor import connect_signals
 
         user_locked_out.connect(audit_lockout, dispatch_uid="countersign-audit-lockout")
+        connect_signals()

@@ -18,6 +18,17 @@ from django.db import models
 GENESIS_HASH = "0" * 64
 
 
+class RetainedQuerySet(models.QuerySet[Any]):
+    """A queryset that refuses bulk deletes: rows kept for the record are never deleted by the app.
+
+    Model `delete()` is refused by each model; this closes the other door, `filter().delete()`.
+    (On PostgreSQL a trigger refuses the DELETE itself, whatever the query.)
+    """
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ValueError(f"{self.model._meta.label} rows are retained; the app never deletes them.")
+
+
 class AuditChainHead(models.Model):
     """One row: the newest link of the audit chain. Writers lock it, so the chain never forks."""
 
@@ -45,6 +56,8 @@ class AuditEvent(models.Model):
     data = models.JSONField(default=dict)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+
+    objects = RetainedQuerySet.as_manager()
 
     class Meta:
         ordering = ["seq"]

@@ -384,6 +384,7 @@ class CampaignAdmin(RoleAdmin):
                 "<int:pk>/recipients.csv", wrap(views.recipients_csv), name=name + "recipients_csv"
             ),
             path("<int:pk>/progress.json", wrap(views.progress_json), name=name + "progress"),
+            path("<int:pk>/record.zip", wrap(views.compliance_record), name=name + "record"),
             path("<int:pk>/pause/", wrap(views.pause), name=name + "pause"),
             path("<int:pk>/resume/", wrap(views.resume), name=name + "resume"),
             path("<int:pk>/cancel/", wrap(views.cancel), name=name + "cancel"),

@@ -24,9 +24,20 @@ def _canonical_json(value: Any) -> bytes:
 
 def content_digest(campaign: Campaign) -> str:
     """The approval digest: sha256 over everything that shapes the campaign's messages."""
+    return digest_of_content(digest_content(campaign))
+
+
+def digest_of_content(content: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of `digest_content()`; the compliance record's offline
+    verifier (scripts/verify_record.py) repeats exactly this with the standard library."""
+    return hashlib.sha256(_canonical_json(content)).hexdigest()
+
+
+def digest_content(campaign: Campaign) -> dict[str, Any]:
+    """Everything the approval digest covers, as the plain values that are hashed."""
     sender = campaign.sender
     scheduled_at = campaign.scheduled_at
-    canonical = {
+    return {
         "version": 1,
         "campaign_id": campaign.pk,
         "category": campaign.category,
@@ -43,7 +54,6 @@ def content_digest(campaign: Campaign) -> str:
         "scheduled_at": scheduled_at.astimezone(UTC).isoformat() if scheduled_at else None,
         "audience_hash": campaign.audience_hash,
     }
-    return hashlib.sha256(_canonical_json(canonical)).hexdigest()
 
 
 def audience_hash(rows: Iterable[tuple[int, str, Mapping[str, str]]]) -> str:
@@ -63,3 +73,8 @@ def audience_hash(rows: Iterable[tuple[int, str, Mapping[str, str]]]) -> str:
         digest.update(_canonical_json([user_id, address.lower(), dict(data)]))
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def sample_sha256(eml: str) -> str:
+    """The hash of a stored sample message: sha256 of its UTF-8 bytes, as kept in the Approval."""
+    return hashlib.sha256(eml.encode("utf-8")).hexdigest()

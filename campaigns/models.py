@@ -10,6 +10,8 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from audit.models import RetainedQuerySet
+
 # A bare address: no separators, quotes, brackets or whitespace of any kind. The project's
 # address validator runs before every insert; this constraint is the database's own
 # refusal, so no code path (bulk_create, raw SQL, a future bug) can store "a@x, b@y".
@@ -311,6 +313,9 @@ class Approval(models.Model):
     samples = models.JSONField(default=list)
     voided_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+
+    # Kept for good, like the audit chain: retention purges deliveries, never decisions.
+    objects = RetainedQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -22,7 +22,7 @@ from accounts.seeds import seed_address_problems
 from audit.chain import record_audit
 
 from .audience import freeze_audience
-from .digests import content_digest
+from .digests import content_digest, sample_sha256
 from .models import (
     Approval,
     Campaign,
@@ -145,8 +145,13 @@ def approve_campaign(campaign: Campaign, *, by: User, digest: str, comment: str 
                 samples=review.stored_samples(),
             )
             change.set(approved_digest=digest)
+            # The chain itself holds each sample's hash, so a stored sample altered later
+            # in the database (not only in an export) is caught by the record's verifier.
             change.data.update(
-                digest=digest, approval=approval.pk, recipients=campaign.recipient_count
+                digest=digest,
+                approval=approval.pk,
+                recipients=campaign.recipient_count,
+                sample_sha256=[sample_sha256(s["eml"]) for s in approval.samples],
             )
             transaction.on_commit(partial(notify_author, campaign.pk, approval.pk))
         launch_if_due(change.campaign, by=by)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import (
+    FileResponse,
     Http404,
     HttpRequest,
     HttpResponse,
@@ -34,6 +36,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.importer import check_attribute_name
 from accounts.models import User
+from accounts.second_factor import require_second_factor
 from audit.chain import record_audit
 
 from . import services
@@ -42,6 +45,7 @@ from .forms import DecisionForm
 from .models import Campaign, Delivery, SendingSwitch, TransitionError
 from .permissions import decision_refusal
 from .progress import PIPELINE, campaign_progress
+from .record import write_record_zip
 from .rendering import (
     MESSAGE_ERRORS,
     build_message,
@@ -232,11 +236,13 @@ def _decide(request: HttpRequest, pk: int, approve: bool) -> HttpResponse:
 
 
 @require_POST
+@require_second_factor(fresh=True)
 def approve(request: HttpRequest, pk: int) -> HttpResponse:
     return _decide(request, pk, approve=True)
 
 
 @require_POST
+@require_second_factor()
 def reject(request: HttpRequest, pk: int) -> HttpResponse:
     return _decide(request, pk, approve=False)
 
@@ -336,6 +342,24 @@ def recipients_csv(request: HttpRequest, pk: int) -> HttpResponseBase:
         f'attachment; filename="campaign-{campaign.pk}-recipients.csv"'
     )
     return response
+
+
+@require_GET
+def compliance_record(request: HttpRequest, pk: int) -> HttpResponseBase:
+    """The campaign's compliance record as a zip; the export itself is an audit event."""
+    campaign, user = campaign_for(request, pk, "audit.view_auditevent")
+    if not user.has_role_perm("campaigns.view_delivery"):
+        raise PermissionDenied("Your role does not grant campaigns.view_delivery.")
+    # Built in an anonymous temporary file, so a million deliveries never sit in memory.
+    target = tempfile.TemporaryFile()
+    write_record_zip(campaign, by=user, target=target)
+    target.seek(0)
+    return FileResponse(
+        target,
+        as_attachment=True,
+        filename=f"campaign-{campaign.pk}-record.zip",
+        content_type="application/zip",
+    )
 
 
 @require_GET
@@ -533,6 +557,7 @@ def mark_sent(request: HttpRequest, pk: int) -> HttpResponse:
     return _resolve(request, pk, resend=False)
 
 
+@require_second_factor()
 def emergency_stop(request: HttpRequest, site_context: dict[str, Any]) -> HttpResponse:
     """GET shows the switch; POST halts or releases all sending (Admin and Compliance)."""
     user = _user(request)

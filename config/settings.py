@@ -91,7 +91,29 @@ if not AUDIT_ANCHOR_KEY and DEBUG:
 AUDIT_ANCHOR_PATH = env_path("AUDIT_ANCHOR_PATH", VAR_DIR / "audit" / "anchors.jsonl")
 AUDIT_ANCHOR_INTERVAL_SECONDS = env_float("AUDIT_ANCHOR_INTERVAL_SECONDS", 60.0)
 
+# --- Second factor ------------------------------------------------------------------------
+# TOTP (django-otp) with recovery codes, for approve, reject, the emergency stop and staff
+# account changes (accounts/second_factor.py). On by default with production settings (DEBUG
+# off); the demo (DEBUG on) runs without it. Approving also needs a password check younger
+# than APPROVAL_REAUTH_MINUTES (sign-in, or password and code on the second-factor page).
+SECOND_FACTOR_REQUIRED = env_bool("SECOND_FACTOR_REQUIRED", not DEBUG)
+APPROVAL_REAUTH_MINUTES = env_int("APPROVAL_REAUTH_MINUTES", 15)
+OTP_TOTP_ISSUER = env_str("OTP_TOTP_ISSUER", "Countersign")
+
+# --- Retention ----------------------------------------------------------------------------
+# How long deliveries and provider events are kept after a campaign ends, for
+# `purge_expired_deliveries` (campaigns/retention.py). Approvals and audit events are never
+# deleted by the app, whatever this says. Three years (with a leap day) by default: FINRA
+# 2210 and SEC 17a-4 keep communications records for three.
+RETENTION_DAYS = env_int("RETENTION_DAYS", 3 * 365 + 1)
+
 INSTALLED_APPS = [
+    # Before accounts: their admin modules register first, so accounts.admin can take the
+    # device admin off the site (it would show recovery codes and let a superuser add a
+    # device to someone else's account).
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
     "accounts",
     "audit",
     "campaigns",
@@ -115,6 +137,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "accounts.middleware.UserTimezoneMiddleware",
     "config.errors.MethodNotAllowedPage",
