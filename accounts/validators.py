@@ -131,12 +131,12 @@ def single_address_error(value: object) -> str | None:
         return "is empty"
     if _CONTROL.search(value):
         return "contains a control character or line break"
-    index = _first_format_character(value)
-    if index is not None:
+    invisible = FORMAT_CHARACTERS.search(value)
+    if invisible is not None:
         # A domain may be internationalized, but never invisible: IDNA drops a zero-width
         # space silently (the address shown is not the one mailed) and a bidi override
         # makes the shown address read backwards.
-        return f"contains the invisible character {describe_character(value[index])}"
+        return f"contains the invisible character {describe_character(invisible.group())}"
     if value != value.strip():
         return "has leading or trailing spaces"
     if value.startswith('"') or '"' in value:
