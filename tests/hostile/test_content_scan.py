@@ -99,4 +99,6 @@ def test_an_over_long_template_is_refused_at_save_with_the_limit(olivia: User) -
 def test_an_unclosed_tag_is_refused_at_save_with_its_position(olivia: User) -> None:
     form = compose(html_template="<p>Hello</p>\n<p class='x' <b>there</b></p>")
     assert not form.is_valid()
-    assert str(form.errors["html_template"][0]).startswith("line 2, column 1: this tag is not closed")
+    assert str(form.errors["html_template"][0]).startswith(
+        "line 2, column 1: this tag is not closed"
+    )
