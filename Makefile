@@ -53,3 +53,7 @@ bench-fanout: $(VENV)/.installed-dev
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; }
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+
+## bench-materialize: freezing N (default 1,000,000) recipients against a raw INSERT ... SELECT.
+bench-materialize: $(VENV)/.installed-dev
+	$(BIN)/python bench/materialize.py $(BENCH_ARGS)

@@ -242,6 +242,20 @@ class Worker:
     def cpu(self) -> float:
         return group_cpu_seconds(self.proc.pid)
 
+    def rss_mb(self) -> float:
+        """The largest resident set of the worker's processes right now, in MB."""
+        largest = 0
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and _pgid(int(entry)) == self.proc.pid:
+                try:
+                    status = Path(f"/proc/{entry}/status").read_text()
+                except OSError:
+                    continue
+                for line in status.splitlines():
+                    if line.startswith("VmRSS:"):
+                        largest = max(largest, int(line.split()[1]))
+        return largest / 1024
+
     def stop(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -336,6 +350,10 @@ class Run:
     seconds: float
     cpu: float
     n: int
+    # Countersign only: the largest worker RSS (MB) sampled after the first 10% of the
+    # messages were recorded, and over the whole run.
+    rss_early: float = 0.0
+    rss_peak: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -359,10 +377,15 @@ def run_countersign(n: int, sink: Sink, workdir: Path, label: str) -> Run:
             campaign, by=User.objects.get(username="rita"), digest=campaign.frozen_digest
         )
         deadline = time.monotonic() + max(600, n / 5)
+        rss_early = rss_peak = 0.0
         while time.monotonic() < deadline:
             campaign.refresh_from_db(fields=["status"])
             if campaign.status != Campaign.Status.SENDING:
                 break
+            rss = worker.rss_mb()
+            rss_peak = max(rss_peak, rss)
+            if not rss_early and count_sent(campaign.pk) >= n // 10:
+                rss_early = rss
             time.sleep(0.2)
         cpu = worker.cpu() - cpu_before
     finally:
@@ -375,7 +398,13 @@ def run_countersign(n: int, sink: Sink, workdir: Path, label: str) -> Run:
         for sent_at in Delivery.objects.filter(campaign=campaign).values_list("sent_at", flat=True)
         if sent_at is not None
     )
-    return Run("countersign", last - started, cpu, n)
+    return Run("countersign", last - started, cpu, n, rss_early, rss_peak)
+
+
+def count_sent(campaign_id: int) -> int:
+    from campaigns.models import Delivery
+
+    return Delivery.objects.filter(campaign_id=campaign_id, status=Delivery.Status.SENT).count()
 
 
 def run_bare(n: int, processes: int, sink: Sink, workdir: Path, label: str) -> Run:
@@ -637,6 +666,14 @@ def print_table(variants: list[Variant], n: int, notes: list[str]) -> None:
             f"| {v.name} | {medians[v.name]:,.0f} | {min(rates):,.0f}–{max(rates):,.0f} "
             f"| {cpu:.2f} ms |"
         )
+    for v in variants:
+        if v.name == "countersign" and v.runs:
+            early = max(r.rss_early for r in v.runs)
+            peak = max(r.rss_peak for r in v.runs)
+            print(
+                f"countersign worker RSS (largest process, sampled every 0.2 s): "
+                f"{early:.0f} MB after the first 10% of messages, {peak:.0f} MB peak"
+            )
     if "countersign" in medians:
         for base in ("bare-2", "bare-1", "post-office"):
             if base in medians:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import smtplib
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Case, Count, Exists, F, Q, Value, When
+from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import User
@@ -46,6 +47,11 @@ from .suppressions import add_suppression, suppressed_among
 from .transitions import transition_if
 
 logger = logging.getLogger(__name__)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
 
 MAX_ATTEMPTS = 8
 BACKOFF_BASE_SECONDS = 30
@@ -291,18 +297,24 @@ def _end_claim(delivery: Delivery, token: uuid.UUID, status: str, why: str) -> N
     )
 
 
+_STATE_SQL = (
+    f"SELECT c.{_q('status')}, EXISTS(SELECT 1 FROM {_q(SendingSwitch._meta.db_table)} s "
+    f"WHERE s.{_q('id')} = 1 AND s.{_q('halted')}) "
+    f"FROM {_q(Campaign._meta.db_table)} c WHERE c.{_q('id')} = %s"
+)
+
+
 def stop_reason(campaign_id: int) -> str:
     """ "" while the campaign may send; otherwise why not ("paused", "cancelled", ...).
 
     Read before every message, so a pause, cancel or emergency stop made anywhere stops
     every worker before its next message. One query for the campaign and the switch.
     """
-    row = (
-        Campaign.objects.filter(pk=campaign_id)
-        .annotate(halted=Exists(SendingSwitch.objects.filter(pk=1, halted=True)))
-        .values_list("status", "halted")
-        .first()
-    )
+    # Plain SQL: this runs once per message, and the ORM would spend more time
+    # compiling the query than the database spends answering it.
+    with db_connection.cursor() as cursor:
+        cursor.execute(_STATE_SQL, [campaign_id])
+        row = cursor.fetchone()
     if row is None:
         return "not sending"
     status, halted = row
@@ -336,10 +348,10 @@ def send_batch(
     Whatever a batch can answer once is read once: the campaign and its sender, the
     suppressions of every claimed address (one query), the compiled templates. The
     deliveries then go out in chunks of SEND_CHUNK_SIZE: each message of a chunk is
-    built and passes the guard's pre-flight, the chunk takes its tokens from the shared
-    limiter, one fenced UPDATE commits the chunk `sending`, the messages go out one by
-    one on the reused connection (each through the guarded backend, each after a look
-    at the campaign's state), and one fenced UPDATE records the chunk `sent`. A crash
+    built and passes the guard's pre-flight, one fenced UPDATE commits the chunk
+    `sending`, the messages go out one by one on the reused connection (each after a
+    look at the campaign's state and a token from the shared limiter, each through the
+    guarded backend), and one fenced UPDATE records the chunk `sent`. A crash
     therefore leaves at most one chunk per worker process ambiguous (`unknown`).
     """
     result = BatchResult()
@@ -370,6 +382,9 @@ def send_batch(
     limiter = shared_limiter()
     connection = backend or get_connection()
     try:
+        # Open it here, once: a backend opened by its caller stays open across
+        # send_messages calls; otherwise every message would connect (and log in) anew.
+        connection.open()
         for start in range(0, len(deliveries), chunk_size):
             chunk = deliveries[start : start + chunk_size]
             stopped = _send_chunk(campaign, chunk, token, connection, limiter, suppressed, result)
@@ -437,20 +452,16 @@ def _send_chunk(
     if not ready:
         return ""
 
-    # Tokens before `sending`: waiting for the limiter must not eat the sending lease.
-    stopped = ""
-    taken = 0
-    for _ in ready:
-        if not limiter.take(max_wait=float(settings.CLAIM_LEASE_SECONDS) / 4):
-            stopped = "rate limit wait too long"
-            break
-        taken += 1
-    ready = ready[:taken]  # the rest stay claimed and are released
-
     # Commit `sending` before the network calls: if this worker dies now, the sweeper
     # turns these rows into `unknown` instead of sending them again.
     ready = _mark_sending(ready, token, now)
     sent: list[tuple[Delivery, str, str]] = []
+    stopped = ""
+    # Each message takes its token right before it leaves (so the shared rate holds for
+    # every window), and the chunk as a whole waits at most a quarter of the lease for
+    # them: its rows are `sending` meanwhile, and the sweeper must not find them expired.
+    wait_budget = float(settings.CLAIM_LEASE_SECONDS) / 4
+    chunk_started = time.monotonic()
     try:
         for index, (delivery, message) in enumerate(ready):
             # The first message right after the look at the chunk's start.
@@ -463,6 +474,11 @@ def _send_chunk(
                         result.other += 1
                     why = ""
                 stopped = stopped or why
+                break
+            waited = time.monotonic() - chunk_started
+            if not limiter.take(max_wait=max(0.0, wait_budget - waited)):
+                _unmark_sending([d for d, _ in ready[index:]], token)
+                stopped = "rate limit wait too long"
                 break
             outcome = _send_one(campaign, delivery, token, connection, message)
             if outcome.sent:
