@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast lint fmt install install-dev clean
+.PHONY: demo test test-fast lint fmt install install-dev clean bench-fanout bench-materialize
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Countersign needs $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -44,3 +44,16 @@ fmt: $(VENV)/.installed-dev
 
 clean:
 	rm -rf var/ staticfiles/
+
+## bench-fanout: postfix's smtp-sink (from Debian, its MTA never started), the bench
+## requirements, then bench/fanout.py against PostgreSQL + Redis. BENCH_ARGS="--n 2000".
+bench-fanout: $(VENV)/.installed-dev
+	@command -v smtp-sink >/dev/null 2>&1 || { \
+	  echo "postfix" "postfix/main_mailer_type" select "No configuration" | debconf-set-selections; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix; }
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/fanout.py $(BENCH_ARGS)
+
+## bench-materialize: freezing N (default 1,000,000) recipients against a raw INSERT ... SELECT.
+bench-materialize: $(VENV)/.installed-dev
+	$(BIN)/python bench/materialize.py $(BENCH_ARGS)

@@ -8,6 +8,7 @@ provider could read as zero or several recipients.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from email import policy
@@ -129,6 +130,13 @@ def single_address_error(value: object) -> str | None:
     """Why `value` is not exactly one bare address, or None if it is."""
     if not isinstance(value, str) or not value:
         return "is empty"
+    return _single_address_error(value)
+
+
+# A pure function of the string, asked about the same recipient several times per message
+# (builder, guard layers, envelope): remember the latest answers.
+@functools.lru_cache(maxsize=4096)
+def _single_address_error(value: str) -> str | None:
     if _CONTROL.search(value):
         return "contains a control character or line break"
     invisible = FORMAT_CHARACTERS.search(value)

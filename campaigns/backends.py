@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import smtplib
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +18,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
+from django.core.mail.message import sanitize_address
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
 from audit.chain import record_audit
 
 from .guard import layers
+from .guard.addresses import serialize
 from .guard.provider import is_anymail
 from .guard.vocabulary import GuardViolation
 from .models import Campaign
@@ -110,7 +113,7 @@ class GuardedBackend(BaseEmailBackend):
             for message in messages:
                 self._current = message
                 try:
-                    count = self.transport.send_messages([message]) or 0
+                    count = self._send_one(message)
                 except GuardViolation as violation:
                     raise self._reported(violation) from None
                 finally:
@@ -127,6 +130,32 @@ class GuardedBackend(BaseEmailBackend):
             if created:
                 self.close()
         return sent
+
+    def _send_one(self, message: EmailMessage) -> int:
+        """Hand one message to the transport.
+
+        On an open connection of Django's SMTP backend, send the bytes the guard already
+        serialized and read (Django's `_send` would serialize the message again), through
+        the same guarded `sendmail`, with the same addresses and error handling as Django.
+        """
+        transport = self.transport
+        connection = getattr(transport, "connection", None)
+        if type(transport) is not SMTPBackend or connection is None:
+            return int(transport.send_messages([message]) or 0)
+        if not message.recipients():
+            return 0
+        encoding = message.encoding or settings.DEFAULT_CHARSET
+        from_email = sanitize_address(message.from_email, encoding)
+        recipients = [sanitize_address(address, encoding) for address in message.recipients()]
+        raw = serialize(message, layer="smtp-envelope")
+        with transport._lock:
+            try:
+                connection.sendmail(from_email, recipients, raw)
+            except smtplib.SMTPException:
+                if not self.fail_silently:
+                    raise
+                return 0
+        return 1
 
     def _check_before_send(self, message: EmailMessage) -> None:
         try:

@@ -118,6 +118,18 @@ def is_suppressed(address: str, category: str) -> bool:
     ).exists()
 
 
+def suppressed_among(addresses: list[str], category: str) -> set[str]:
+    """Which of `addresses` (normalized) a campaign of `category` must skip: one query."""
+    normalized = {normalize_address(address) for address in addresses}
+    if not normalized:
+        return set()
+    return set(
+        Suppression.objects.filter(
+            address__in=sorted(normalized), reason__in=_reasons_for(category)
+        ).values_list("address", flat=True)
+    )
+
+
 def suppressed_queryset(category: str) -> QuerySet[Suppression]:
     """The suppressions that apply to a campaign of `category`."""
     return Suppression.objects.filter(reason__in=_reasons_for(category))

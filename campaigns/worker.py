@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import smtplib
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,14 +26,15 @@ import requests
 from anymail.exceptions import AnymailRecipientsRefused, AnymailRequestsAPIError
 from celery import current_app
 from django.conf import settings
-from django.core.mail import get_connection
+from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.db import connection as db_connection
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.validators import normalize_address
 from audit.chain import record_audit
 
 from .digests import content_digest
@@ -41,14 +43,22 @@ from .guard.vocabulary import GuardViolation
 from .models import Campaign, Delivery, ProviderEvent, SendingSwitch, Suppression
 from .ratelimit import shared_limiter
 from .rendering import MESSAGE_ERRORS, build_message, recipient_for_delivery
-from .suppressions import add_suppression, is_suppressed
+from .suppressions import add_suppression, suppressed_among
 from .transitions import transition_if
 
 logger = logging.getLogger(__name__)
 
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 MAX_ATTEMPTS = 8
 BACKOFF_BASE_SECONDS = 30
 BACKOFF_MAX_SECONDS = 3600
+# Deliveries committed `sending` (and then `sent`) per UPDATE; also the most a crash can
+# leave `unknown` per worker process (SEND_CHUNK_SIZE overrides it).
+DEFAULT_SEND_CHUNK_SIZE = 10
 
 
 # --- Launch ---------------------------------------------------------------------------------
@@ -287,9 +297,34 @@ def _end_claim(delivery: Delivery, token: uuid.UUID, status: str, why: str) -> N
     )
 
 
-def _campaign_state(campaign_id: int) -> tuple[str, bool]:
-    status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
-    return status or "", SendingSwitch.is_halted()
+_STATE_SQL = (
+    f"SELECT c.{_q('status')}, EXISTS(SELECT 1 FROM {_q(SendingSwitch._meta.db_table)} s "
+    f"WHERE s.{_q('id')} = 1 AND s.{_q('halted')}) "
+    f"FROM {_q(Campaign._meta.db_table)} c WHERE c.{_q('id')} = %s"
+)
+
+
+def stop_reason(campaign_id: int) -> str:
+    """ "" while the campaign may send; otherwise why not ("paused", "cancelled", ...).
+
+    Read before every message, so a pause, cancel or emergency stop made anywhere stops
+    every worker before its next message. One query for the campaign and the switch.
+    """
+    # Plain SQL: this runs once per message, and the ORM would spend more time
+    # compiling the query than the database spends answering it.
+    with db_connection.cursor() as cursor:
+        cursor.execute(_STATE_SQL, [campaign_id])
+        row = cursor.fetchone()
+    if row is None:
+        return "not sending"
+    status, halted = row
+    if halted:
+        return "emergency stop"
+    if status == Campaign.Status.CANCELLED:
+        return "cancelled"
+    if status != Campaign.Status.SENDING:
+        return "paused"
+    return ""
 
 
 @dataclass
@@ -308,7 +343,17 @@ class BatchResult:
 def send_batch(
     campaign_id: int, *, limit: int | None = None, backend: BaseEmailBackend | None = None
 ) -> BatchResult:
-    """Claim a batch and send each delivery once. Returns what happened."""
+    """Claim a batch and send each delivery once. Returns what happened.
+
+    Whatever a batch can answer once is read once: the campaign and its sender, the
+    suppressions of every claimed address (one query), the compiled templates. The
+    deliveries then go out in chunks of SEND_CHUNK_SIZE: each message of a chunk is
+    built and passes the guard's pre-flight, one fenced UPDATE commits the chunk
+    `sending`, the messages go out one by one on the reused connection (each after a
+    look at the campaign's state and a token from the shared limiter, each through the
+    guarded backend), and one fenced UPDATE records the chunk `sent`. A crash
+    therefore leaves at most one chunk per worker process ambiguous (`unknown`).
+    """
     result = BatchResult()
     campaign = Campaign.objects.select_related("sender").filter(pk=campaign_id).first()
     if campaign is None or campaign.status != Campaign.Status.SENDING or SendingSwitch.is_halted():
@@ -331,32 +376,21 @@ def send_batch(
         complete_if_done(campaign.pk)
         return result
 
+    deliveries = list(Delivery.objects.filter(pk__in=ids).order_by("id"))
+    suppressed = suppressed_among([d.address for d in deliveries], campaign.category)
+    chunk_size = send_chunk_size()
     limiter = shared_limiter()
     connection = backend or get_connection()
     try:
-        for delivery in Delivery.objects.filter(pk__in=ids).order_by("id"):
-            status, halted = _campaign_state(campaign.pk)
-            if status == Campaign.Status.CANCELLED:
-                _end_claim(delivery, token, Delivery.Status.SKIPPED, "campaign cancelled")
-                result.other += 1
-                continue
-            if status != Campaign.Status.SENDING or halted:
-                # Paused or emergency stop: stop before the next message on every worker.
-                result.stopped = "paused" if not halted else "emergency stop"
+        # Open it here, once: a backend opened by its caller stays open across
+        # send_messages calls; otherwise every message would connect (and log in) anew.
+        connection.open()
+        for start in range(0, len(deliveries), chunk_size):
+            chunk = deliveries[start : start + chunk_size]
+            stopped = _send_chunk(campaign, chunk, token, connection, limiter, suppressed, result)
+            if stopped:
+                result.stopped = stopped
                 break
-            if is_suppressed(delivery.address, campaign.category):
-                _end_claim(delivery, token, Delivery.Status.SKIPPED, "suppressed")
-                result.other += 1
-                continue
-            if not limiter.take(max_wait=float(settings.CLAIM_LEASE_SECONDS) / 4):
-                result.stopped = "rate limit wait too long"
-                break
-            # A guard violation pauses the campaign; the state check above then stops
-            # this loop before the next message, like any other pause.
-            if _send_one(campaign, delivery, token, connection):
-                result.sent += 1
-            else:
-                result.other += 1
     finally:
         try:
             connection.close()
@@ -367,35 +401,166 @@ def send_batch(
     return result
 
 
-def _send_one(
-    campaign: Campaign, delivery: Delivery, token: uuid.UUID, connection: BaseEmailBackend
-) -> bool:
-    now = timezone.now()
-    try:
-        message = build_message(campaign, recipient_for_delivery(delivery), send_time=now)
-    except MESSAGE_ERRORS as exc:
-        # E.g. a placeholder without a default and no value: this recipient fails, no fallback.
-        _end_claim(delivery, token, Delivery.Status.FAILED, f"cannot build the message: {exc}")
-        return False
-    violations = preflight(message, getattr(connection, "transport", connection))
-    if violations:
-        _block(campaign, delivery, token, Delivery.Status.CLAIMED, violations[0])
-        return False
+def send_chunk_size() -> int:
+    return max(1, int(getattr(settings, "SEND_CHUNK_SIZE", DEFAULT_SEND_CHUNK_SIZE)))
 
-    # Commit `sending` before the network call: if this worker dies now, the sweeper turns
-    # the row into `unknown` instead of sending it again.
-    message_id = str(message.extra_headers.get("Message-ID", ""))
-    if not _fenced(
-        delivery.pk,
-        token,
-        Delivery.Status.CLAIMED,
+
+def _send_chunk(
+    campaign: Campaign,
+    chunk: list[Delivery],
+    token: uuid.UUID,
+    connection: BaseEmailBackend,
+    limiter: Any,
+    suppressed: set[str],
+    result: BatchResult,
+) -> str:
+    """Send one chunk of claimed deliveries; return why the batch must stop, or ""."""
+    why = stop_reason(campaign.pk)
+    if why == "cancelled":
+        for delivery in chunk:
+            _end_claim(delivery, token, Delivery.Status.SKIPPED, "campaign cancelled")
+            result.other += 1
+        return ""
+    if why:
+        # Paused or emergency stop: stop before the next message on every worker.
+        return why
+
+    # Build and guard every message of the chunk while the rows are only `claimed`.
+    now = timezone.now()
+    transport = getattr(connection, "transport", connection)
+    ready: list[tuple[Delivery, EmailMessage]] = []
+    message: EmailMessage
+    for delivery in chunk:
+        if normalize_address(delivery.address) in suppressed:
+            _end_claim(delivery, token, Delivery.Status.SKIPPED, "suppressed")
+            result.other += 1
+            continue
+        try:
+            message = build_message(campaign, recipient_for_delivery(delivery), send_time=now)
+        except MESSAGE_ERRORS as exc:
+            # E.g. a placeholder without a default and no value: this recipient fails.
+            _end_claim(delivery, token, Delivery.Status.FAILED, f"cannot build the message: {exc}")
+            result.other += 1
+            continue
+        violations = preflight(message, transport)
+        if violations:
+            _block(campaign, delivery, token, Delivery.Status.CLAIMED, violations[0])
+            result.other += 1
+            # The violation paused the campaign; say so as any other pause would.
+            return stop_reason(campaign.pk) or "guard"
+        ready.append((delivery, message))
+    if not ready:
+        return ""
+
+    # Commit `sending` before the network calls: if this worker dies now, the sweeper
+    # turns these rows into `unknown` instead of sending them again.
+    ready = _mark_sending(ready, token, now)
+    sent: list[tuple[Delivery, str, str]] = []
+    stopped = ""
+    # Each message takes its token right before it leaves (so the shared rate holds for
+    # every window), and the chunk as a whole waits at most a quarter of the lease for
+    # them: its rows are `sending` meanwhile, and the sweeper must not find them expired.
+    wait_budget = float(settings.CLAIM_LEASE_SECONDS) / 4
+    chunk_started = time.monotonic()
+    try:
+        for index, (delivery, message) in enumerate(ready):
+            # The first message right after the look at the chunk's start.
+            why = stop_reason(campaign.pk) if index else ""
+            if why:
+                _unmark_sending([d for d, _ in ready[index:]], token)
+                if why == "cancelled":
+                    for rest, _ in ready[index:]:
+                        _end_claim(rest, token, Delivery.Status.SKIPPED, "campaign cancelled")
+                        result.other += 1
+                    why = ""
+                stopped = stopped or why
+                break
+            waited = time.monotonic() - chunk_started
+            if not limiter.take(max_wait=max(0.0, wait_budget - waited)):
+                _unmark_sending([d for d, _ in ready[index:]], token)
+                stopped = "rate limit wait too long"
+                break
+            outcome = _send_one(campaign, delivery, token, connection, message)
+            if outcome.sent:
+                sent.append((delivery, outcome.note, outcome.provider_message_id))
+            else:
+                result.other += 1
+            if outcome.stop:
+                # A guard violation paused the campaign: nothing more leaves this worker.
+                _unmark_sending([d for d, _ in ready[index + 1 :]], token)
+                stopped = stop_reason(campaign.pk) or "guard"
+                break
+    finally:
+        _mark_sent(sent, token)
+    result.sent += len(sent)
+    return stopped
+
+
+def _mark_sending(
+    ready: list[tuple[Delivery, EmailMessage]], token: uuid.UUID, now: datetime
+) -> list[tuple[Delivery, EmailMessage]]:
+    """One fenced UPDATE: the chunk's claimed rows become `sending`. Returns those that did."""
+    if not ready:
+        return ready
+    ids = [delivery.pk for delivery, _ in ready]
+    message_ids = Case(
+        *[
+            When(pk=delivery.pk, then=Value(str(message.extra_headers.get("Message-ID", ""))))
+            for delivery, message in ready
+        ],
+        default=F("message_id"),
+    )
+    count = Delivery.objects.filter(
+        pk__in=ids, claim_token=token, status=Delivery.Status.CLAIMED
+    ).update(
         status=Delivery.Status.SENDING,
         attempts=F("attempts") + 1,
-        message_id=message_id,
+        message_id=message_ids,
         lease_expires_at=now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS),
-    ):
-        return False
-    delivery.attempts += 1
+        updated_at=timezone.now(),
+    )
+    if count != len(ids):
+        moved = set(
+            Delivery.objects.filter(
+                pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
+            ).values_list("id", flat=True)
+        )
+        logger.warning(
+            "%d of %d deliveries were no longer ours; left alone", len(ids) - count, len(ids)
+        )
+        ready = [(d, m) for d, m in ready if d.pk in moved]
+    for delivery, _ in ready:
+        delivery.attempts += 1
+    return ready
+
+
+def _unmark_sending(deliveries: list[Delivery], token: uuid.UUID) -> None:
+    """Rows marked `sending` that provably never went out (stopped first): claimed again."""
+    if not deliveries:
+        return
+    Delivery.objects.filter(
+        pk__in=[d.pk for d in deliveries], claim_token=token, status=Delivery.Status.SENDING
+    ).update(status=Delivery.Status.CLAIMED, attempts=F("attempts") - 1, updated_at=timezone.now())
+    for delivery in deliveries:
+        delivery.attempts -= 1
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    sent: bool
+    note: str = ""
+    provider_message_id: str = ""
+    stop: bool = False
+
+
+def _send_one(
+    campaign: Campaign,
+    delivery: Delivery,
+    token: uuid.UUID,
+    connection: BaseEmailBackend,
+    message: EmailMessage,
+) -> SendOutcome:
+    """Hand one message (already `sending`) to the guarded backend; classify what happened."""
     try:
         # No transaction is open here: the network call never holds locks.
         connection.send_messages([message])
@@ -403,35 +568,47 @@ def _send_one(
         if violation.sent:
             # The provider accepted it and then reported other recipients: record it as
             # sent (it is), and stop the campaign for people to look.
-            _mark_sent(delivery, token, note=f"guard ({violation.layer}): {violation.reason}")
             pause_for_guard(campaign.pk, violation, delivery.pk)
-            return True
+            return SendOutcome(
+                True, note=f"guard ({violation.layer}): {violation.reason}", stop=True
+            )
         _block(campaign, delivery, token, Delivery.Status.SENDING, violation)
-        return False
+        return SendOutcome(False, stop=True)
     except Exception as exc:  # classified below: retry, fail, or unknown; never a blind retry
         _record_outcome(delivery, token, classify_failure(exc), timezone.now())
-        return False
-
+        return SendOutcome(False)
     status = getattr(message, "anymail_status", None)
-    _mark_sent(delivery, token, provider_message_id=str(getattr(status, "message_id", "") or ""))
-    return True
+    return SendOutcome(True, provider_message_id=str(getattr(status, "message_id", "") or ""))
 
 
-def _mark_sent(
-    delivery: Delivery, token: uuid.UUID, *, note: str = "", provider_message_id: str = ""
-) -> None:
-    """The provider accepted the message: `sending` -> `sent`, fenced on our claim."""
-    _fenced(
-        delivery.pk,
-        token,
-        Delivery.Status.SENDING,
-        status=Delivery.Status.SENT,
-        claim_token=None,
-        lease_expires_at=None,
-        sent_at=timezone.now(),
-        last_error=note[:1000],
-        provider_message_id=provider_message_id[:255],
-    )
+def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
+    """The provider accepted these: `sending` -> `sent`, one UPDATE fenced on our claim."""
+    if not sent:
+        return
+    ids = [delivery.pk for delivery, _, _ in sent]
+    changes: dict[str, Any] = {
+        "status": Delivery.Status.SENT,
+        "claim_token": None,
+        "lease_expires_at": None,
+        "sent_at": timezone.now(),
+        "updated_at": timezone.now(),
+    }
+    for field, position, limit in (("last_error", 1, 1000), ("provider_message_id", 2, 255)):
+        values = {row[0].pk: str(row[position])[:limit] for row in sent}
+        if any(values.values()):
+            changes[field] = Case(
+                *[When(pk=pk, then=Value(value)) for pk, value in values.items()],
+                default=Value(""),
+            )
+        else:
+            changes[field] = ""
+    count = Delivery.objects.filter(
+        pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
+    ).update(**changes)
+    if count != len(ids):
+        logger.warning(
+            "%d of %d sent deliveries were no longer ours to record", len(ids) - count, len(ids)
+        )
 
 
 def _block(

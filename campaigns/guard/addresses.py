@@ -9,10 +9,13 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from email import message_from_bytes, policy
+from email import policy
 from email.errors import HeaderParseError
+from email.parser import BytesHeaderParser
 from email.utils import getaddresses
+from typing import Any
 from urllib.parse import unquote
 
 from anymail.exceptions import AnymailError
@@ -115,25 +118,123 @@ def message_encoding(message: EmailMessage) -> str:
     return str(message.encoding or settings.DEFAULT_CHARSET)
 
 
+def serialization_key(message: EmailMessage) -> tuple[Any, ...] | None:
+    """Everything the serialized bytes are made from, or None when that cannot be pinned.
+
+    Two equal keys give the same bytes (Date and Message-ID are the builder's own
+    headers for campaign mail; for other mail Django invents them anew on every call, so
+    the cached bytes are one valid serialization of many, and the transport's real bytes
+    are checked again anyway). Strings and tuples compare by value, so any later change
+    to the message, even in place, yields a different key.
+    """
+    if message.attachments:
+        return None
+    return (
+        type(message),
+        message.subject,
+        message.body,
+        message.from_email,
+        tuple(message.to),
+        tuple(message.cc),
+        tuple(message.bcc),
+        tuple(message.reply_to),
+        tuple((str(k), str(v)) for k, v in message.extra_headers.items()),
+        tuple(tuple(a) for a in getattr(message, "alternatives", ())),
+        message.content_subtype,
+        getattr(message, "mixed_subtype", None),
+        getattr(message, "alternative_subtype", None),
+        message.encoding,
+        settings.DEFAULT_CHARSET,
+    )
+
+
 def serialize(message: EmailMessage, *, layer: str) -> bytes:
-    """The bytes Django's SMTP backend and the outbox write (and Django's own header check)."""
+    """The bytes Django's SMTP backend and the outbox write (and Django's own header check).
+
+    Serialized once per message: the bytes are kept on the message with the key they
+    were made from, and made again whenever anything in the message changed since.
+    """
+    key = serialization_key(message)
+    cached = message.__dict__.get("_countersign_serialized")
+    if key is not None and cached is not None and cached[0] == key:
+        kept: bytes = cached[1]
+        return kept
     try:
         raw: bytes = message.message().as_bytes(linesep="\r\n")
-        return raw
     except ValueError as error:  # BadHeaderError is a ValueError; so are bad addresses
         raise GuardViolation(
             layer,
             f"the message cannot be serialized, so its recipients cannot be verified: {error}",
             message=message,
         ) from None
+    if key is not None:
+        message.__dict__["_countersign_serialized"] = (key, raw)
+    return raw
+
+
+# The end of a header block, and what a line of it may be: a field ("Name:" with a
+# printable name) or a continuation (starting with a space or tab).
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(rb"\r?\n")
+_FIELD_LINE = re.compile(rb"[!-9;-~]+:")
+
+
+def header_block(raw: bytes, *, message: EmailMessage, layer: str) -> bytes:
+    """The header block of `raw` (up to the first blank line), read strictly.
+
+    Every line must be a field or the continuation of one; a bare CR, a line without a
+    field name or a block without an end refuses the message. Lenient parsers treat such
+    a line as the start of the body, where an MTA may still read headers: so nothing
+    after it is assumed to be only body.
+    """
+    end = _BLANK_LINE.search(raw)
+    if end is None:
+        raise GuardViolation(
+            layer, "the serialized message has no blank line after its headers", message=message
+        )
+    block = raw[: end.start()]
+    for number, line in enumerate(_LINE_END.split(block)):
+        if b"\r" in line or b"\x00" in line:
+            raise GuardViolation(
+                layer,
+                f"serialized header line {number + 1} holds a bare CR or NUL",
+                message=message,
+            )
+        if line[:1] in (b" ", b"\t") and number > 0:
+            continue
+        if not _FIELD_LINE.match(line):
+            raise GuardViolation(
+                layer,
+                f"serialized header line {number + 1} is neither a field nor a continuation: "
+                f"{line[:80]!r}",
+                message=message,
+            )
+    return block + b"\r\n\r\n"
+
+
+# Header blocks already proven to name exactly one recipient, with that recipient: the
+# pre-flight and the backend check the same bytes, and the second check is this lookup.
+# Only successes are kept (a refusal always raises afresh); bounded, oldest out first.
+_VERIFIED_BLOCKS: OrderedDict[tuple[bytes, str], None] = OrderedDict()
+_VERIFIED_MAX = 512
+_LEGACY_PARSER = BytesHeaderParser()  # compat32: raw header strings
+_MODERN_PARSER = BytesHeaderParser(policy=policy.default)  # structured address headers
 
 
 def require_serialized_recipient(
     raw: bytes, recipient: str, *, message: EmailMessage, layer: str
 ) -> None:
-    """The serialized headers name exactly `recipient`, read by both email parsers."""
-    legacy = message_from_bytes(raw)  # compat32: raw header strings
-    modern = message_from_bytes(raw, policy=policy.default)  # structured address headers
+    """The serialized headers name exactly `recipient`, read by both email parsers.
+
+    Only the header block is parsed (strictly, see `header_block`): recipients live
+    there, and the bodies (most of the bytes) cannot add a header.
+    """
+    block = header_block(raw, message=message, layer=layer)
+    memo_key = (block, comparable_address(recipient))
+    if memo_key in _VERIFIED_BLOCKS:
+        return
+    legacy = _LEGACY_PARSER.parsebytes(block)
+    modern = _MODERN_PARSER.parsebytes(block)
     to_headers = legacy.get_all("To") or []
     if len(to_headers) != 1:
         raise GuardViolation(
@@ -161,6 +262,9 @@ def require_serialized_recipient(
                 f"expected only {recipient!r}",
                 message=message,
             )
+    _VERIFIED_BLOCKS[memo_key] = None
+    if len(_VERIFIED_BLOCKS) > _VERIFIED_MAX:
+        _VERIFIED_BLOCKS.popitem(last=False)
 
 
 # A tag, comment or declaration, stopping at the next "<": linear even on "<a <a <a ...".

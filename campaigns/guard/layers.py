@@ -12,9 +12,11 @@ from functools import partial
 from typing import Any
 
 from anymail.exceptions import AnymailError
+from anymail.utils import UNSET
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 
+from .addresses import serialization_key
 from .envelope import require_single_smtp_envelope
 from .mail_settings import require_safe_mail_settings
 from .message import (
@@ -29,7 +31,7 @@ from .provider import (
     require_provider_recipients,
     require_single_recipient_anymail_payload,
 )
-from .vocabulary import GuardViolation
+from .vocabulary import MERGE_ATTRIBUTES, GuardViolation, present
 
 MessageLayer = Callable[[EmailMessage], None]
 PRE_SEND_LAYERS: list[MessageLayer] = [
@@ -44,12 +46,57 @@ SMTP_ENVELOPE_LAYERS: list[Callable[..., None]] = [require_single_smtp_envelope]
 POST_SEND_LAYERS: list[MessageLayer] = [require_provider_recipients]
 
 
+def _check_key(message: EmailMessage, transport: object) -> tuple[Any, ...] | None:
+    """What a pre-send check result depends on: the message's content (which fixes its
+    bytes), what the guard compares it with, the layers enabled, and the transport.
+
+    None (never memoized) for anything unusual: attachments, merge attributes, esp_extra.
+    """
+    content = serialization_key(message)
+    if content is None or any(present(message, a) for a in (*MERGE_ATTRIBUTES, "esp_extra")):
+        return None
+    metadata = getattr(message, "metadata", UNSET)
+    tags = getattr(message, "tags", UNSET)
+    return (
+        content,
+        tuple((str(k), str(v)) for k, v in metadata.items())
+        if isinstance(metadata, dict)
+        else repr(metadata),
+        tuple(str(t) for t in tags) if isinstance(tags, list | tuple) else repr(tags),
+        getattr(message, "expected_recipient", None),
+        tuple(PRE_SEND_LAYERS),
+        tuple(SETTINGS_LAYERS),
+        tuple(ANYMAIL_PAYLOAD_LAYERS),
+        tuple(SMTP_ENVELOPE_LAYERS),
+        type(transport),
+        id(transport),
+        settings.UNSUBSCRIBE_MAILTO,
+    )
+
+
+def _already_checked(message: EmailMessage, key: tuple[Any, ...] | None) -> bool:
+    return key is not None and message.__dict__.get("_countersign_checked") == key
+
+
+def _remember_checked(message: EmailMessage, key: tuple[Any, ...] | None) -> None:
+    if key is not None:
+        message.__dict__["_countersign_checked"] = key
+
+
 def check_before_send(message: EmailMessage, transport: object) -> None:
     """Run every enabled pre-send layer for `transport`; raise the first violation.
 
     For anymail this builds a throwaway payload exactly as the backend will (defaults
     merged), so a violation in any message of a batch is found before anything is sent.
+
+    The worker's pre-flight and the backend check the same message: when every layer
+    already passed for exactly this content, layers and transport (`_check_key`), the
+    second check is that comparison. What the transport really sends (the SMTP envelope
+    and bytes, the anymail request) is still checked at the moment it is sent.
     """
+    key = _check_key(message, transport)
+    if _already_checked(message, key):
+        return
     for layer in PRE_SEND_LAYERS:
         layer(message)
     if is_anymail(transport):
@@ -60,6 +107,7 @@ def check_before_send(message: EmailMessage, transport: object) -> None:
     else:
         for envelope_layer in SMTP_ENVELOPE_LAYERS:
             envelope_layer(message)
+    _remember_checked(message, key)
 
 
 def preflight(message: EmailMessage, transport: object | None = None) -> list[GuardViolation]:
@@ -69,6 +117,7 @@ def preflight(message: EmailMessage, transport: object | None = None) -> list[Gu
     """
     if transport is None:
         transport = get_connection(settings.EMAIL_TRANSPORT)
+    key = _check_key(message, transport)
     checks: list[Callable[[], None]] = [partial(layer, message) for layer in PRE_SEND_LAYERS]
     checks.extend(SETTINGS_LAYERS)
     if is_anymail(transport):
@@ -84,6 +133,8 @@ def preflight(message: EmailMessage, transport: object | None = None) -> list[Gu
         except GuardViolation as violation:
             violation.message = violation.message or message
             violations.append(violation)
+    if not violations:
+        _remember_checked(message, key)
     return violations
 
 

@@ -516,3 +516,64 @@ def test_provider_reporting_other_recipients_records_sent_and_pauses(
     assert second.status == Delivery.Status.PENDING
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.PAUSED and "post-send" in campaign.pause_reason
+
+
+# --- per-chunk ledger writes and batch-level reads ------------------------------------------
+
+
+class CountingTransport(BaseEmailBackend):
+    """Sends, and notes how many rows of the ledger are `sending` at each send."""
+
+    in_flight: list[int] = []
+
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
+        CountingTransport.in_flight.append(
+            Delivery.objects.filter(status=Delivery.Status.SENDING).count()
+        )
+        mail.outbox.extend(email_messages)
+        return len(email_messages)
+
+
+def test_a_crash_at_any_moment_leaves_at_most_one_chunk_ambiguous(
+    olivia: User, rita: User, make_member: Callable[..., User], settings: Any
+) -> None:
+    for i in range(23):
+        make_member(f"chunk{i}@example.org")
+    campaign = approved(olivia, rita)
+    settings.SEND_CHUNK_SIZE = 5
+    settings.EMAIL_TRANSPORT = "tests.campaigns.test_worker.CountingTransport"
+    CountingTransport.in_flight = []
+    result = worker.send_batch(campaign.pk, limit=100)
+    assert result.sent == 23 and statuses(campaign) == {"sent": 23}
+    # A kill -9 during any send leaves the `sending` rows `unknown`: never more than a chunk.
+    assert len(CountingTransport.in_flight) == 23
+    assert max(CountingTransport.in_flight) == 5
+    assert CountingTransport.in_flight[-1] == 3  # the last, short chunk
+
+
+def test_a_batch_reads_the_suppressions_once(
+    olivia: User, rita: User, make_member: Callable[..., User]
+) -> None:
+    for i in range(12):
+        make_member(f"batch{i}@example.org")
+    campaign = approved(olivia, rita)
+    add_suppression("batch3@example.org", Suppression.Reason.MANUAL, source="test")
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        result = worker.send_batch(campaign.pk, limit=100)
+    assert result.sent == 11 and result.other == 1
+    suppression_reads = [q for q in queries if "campaigns_suppression" in q["sql"]]
+    assert len(suppression_reads) == 1
+    # Per message: the state look and the limiter at most; the ledger is written per chunk.
+    # Per message one look at the campaign's state; the ledger is written per chunk. (The
+    # database rate limiter, used without Redis, has its own queries per token.)
+    state_reads = [q for q in queries if "campaigns_sendingswitch" in q["sql"]]
+    others = [
+        q for q in queries if "campaigns_ratebucket" not in q["sql"] and "SAVEPOINT" not in q["sql"]
+    ]
+    assert len(state_reads) == 11 + 1  # one per message after a chunk's first, one per chunk
+    # The rest does not grow with the messages: claim, load, suppressions, attributes,
+    # two UPDATEs per chunk (of 10), release, completion and its audit event.
+    assert len(others) - len(state_reads) <= 20

@@ -1,0 +1,93 @@
+"""One reading per message: the header block strictly, and one shared result per content.
+
+The pre-flight and the backend check the same message; the second check may reuse the
+first only while nothing the result depends on has changed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from campaigns.guard import addresses
+from campaigns.guard import layers as guard_layers
+from campaigns.guard.addresses import header_block, require_serialized_recipient
+from campaigns.guard.message import require_single_recipient
+from campaigns.guard.vocabulary import GuardViolation
+from tests.guard.conftest import ANN, BOB, delivery_message
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_header_line_that_is_no_field_refuses_the_message() -> None:
+    # Lenient parsers read everything after "oops" as body; an MTA may not.
+    raw = b"From: a@example.com\r\noops\r\nTo: " + BOB.encode() + b"\r\n\r\nbody\r\n"
+    with pytest.raises(GuardViolation, match="neither a field nor a continuation"):
+        require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
+
+
+def test_a_bare_cr_in_the_header_block_refuses_the_message() -> None:
+    raw = b"To: " + ANN.encode() + b"\rCc: " + BOB.encode() + b"\r\n\r\nbody\r\n"
+    with pytest.raises(GuardViolation, match="bare CR"):
+        header_block(raw, message=delivery_message(), layer="recipients")
+
+
+def test_only_the_header_block_is_read_and_a_second_recipient_there_is_found() -> None:
+    raw = (
+        b"To: " + ANN.encode() + b"\r\nSubject: x\r\nCc: " + BOB.encode() + b"\r\n\r\n"
+        b"To: " + BOB.encode() + b"\r\n"
+    )
+    with pytest.raises(GuardViolation, match="expected only"):
+        require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
+
+
+def test_a_refusal_is_never_remembered_as_a_pass() -> None:
+    raw = b"To: " + ANN.encode() + b", " + BOB.encode() + b"\r\n\r\nbody\r\n"
+    for _ in range(2):
+        with pytest.raises(GuardViolation):
+            require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
+    assert not any(BOB.encode() in block for block, _ in addresses._VERIFIED_BLOCKS)
+
+
+def test_the_same_message_is_serialized_once_until_it_changes() -> None:
+    message = delivery_message()
+    first = addresses.serialize(message, layer="recipients")
+    assert addresses.serialize(message, layer="recipients") is first
+    message.to.append(BOB)  # changed in place: the bytes are made again
+    again = addresses.serialize(message, layer="recipients")
+    assert BOB.encode() in again and BOB.encode() not in first
+
+
+def test_the_backend_check_reuses_the_preflight_only_for_the_unchanged_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+
+    def counting_layer(message: object) -> None:
+        calls.append("ran")
+
+    monkeypatch.setattr(guard_layers, "PRE_SEND_LAYERS", [counting_layer])
+    monkeypatch.setattr(guard_layers, "SMTP_ENVELOPE_LAYERS", [])
+    transport = object()
+    message = delivery_message()
+    assert guard_layers.preflight(message, transport) == []
+    guard_layers.check_before_send(message, transport)
+    assert calls == ["ran"]
+    # Another transport, another layer list, or any change to the message: run again.
+    guard_layers.check_before_send(message, object())
+    assert calls == ["ran", "ran"]
+    message.cc = [BOB]
+    guard_layers.check_before_send(message, transport)
+    assert calls == ["ran", "ran", "ran"]
+
+
+def test_a_message_passed_by_the_preflight_is_refused_once_a_layer_is_enabled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(guard_layers, "PRE_SEND_LAYERS", [])
+    monkeypatch.setattr(guard_layers, "SMTP_ENVELOPE_LAYERS", [])
+    transport = object()
+    message = delivery_message(cc=[BOB])
+    assert guard_layers.preflight(message, transport) == []
+    monkeypatch.setattr(guard_layers, "PRE_SEND_LAYERS", [require_single_recipient])
+    with pytest.raises(GuardViolation, match="Cc"):
+        guard_layers.check_before_send(message, transport)
