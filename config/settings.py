@@ -1,6 +1,6 @@
 """Countersign settings: one file, driven by environment variables.
 
-Nothing secret lives here. The embedded defaults (SQLite, the file-system broker, the
+Nothing secret lives here. The embedded defaults (SQLite, an SQLite-file broker, the
 on-disk outbox) need no servers; production points the same names at PostgreSQL, Redis
 and a real mail transport. The README documents every variable.
 """
@@ -70,7 +70,8 @@ CSRF_TRUSTED_ORIGINS = env_list(
 )
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
-# Local state of the embedded mode: database, broker folders, outbox, beat schedule.
+# Local state of the embedded mode: database, broker, outbox, beat schedule. Nothing here
+# creates it: each writer makes the folder it needs when it first writes.
 VAR_DIR = env_path("VAR_DIR", BASE_DIR / "var")
 
 INSTALLED_APPS = [
@@ -132,6 +133,8 @@ else:
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend, plus: it makes the database's folder on first connection.
+    DATABASES["default"]["ENGINE"] = "config.sqlite"
     # Web, worker and beat share one file: WAL lets readers run beside the writer,
     # IMMEDIATE takes the write lock at BEGIN (no deadlock on lock upgrade), and the
     # timeout makes a busy writer wait instead of failing with "database is locked".
@@ -234,28 +237,39 @@ for _key, _value in os.environ.items():
 UNSUBSCRIBE_MAILTO = env_str("UNSUBSCRIBE_MAILTO")
 
 # --- Celery --------------------------------------------------------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
-BROKER_DIR = VAR_DIR / "broker"
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    for _folder in ("queue", "processed", "control"):
-        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+# The embedded broker is an SQLite file beside the database (config/broker.py says why);
+# production names Redis. Each gets Countersign's transport class, which drops a message
+# it cannot decode instead of letting it stop the worker.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or f"sqlite:///{VAR_DIR / 'broker.sqlite3'}"
+_broker_scheme = CELERY_BROKER_URL.partition("://")[0].lower()
+if _broker_scheme in {"sqlite", "sqla+sqlite"}:
+    # kombu would take the "sqla+" prefix as its own transport, without our class.
+    CELERY_BROKER_URL = CELERY_BROKER_URL.removeprefix("sqla+")
+    CELERY_BROKER_TRANSPORT = "config.broker:SQLiteTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
-        # Producers and consumers must share one folder: the transport reads what it wrote.
-        "data_folder_in": str(BROKER_DIR / "queue"),
-        "data_folder_out": str(BROKER_DIR / "queue"),
-        "processed_folder": str(BROKER_DIR / "processed"),
-        # Broadcast (pidbox) exchanges; kombu's default is ./control in the working directory.
-        "control_folder": str(BROKER_DIR / "control"),
-        "store_processed": False,
+        # Seconds between polls of an empty queue (kombu's default is 1): also how long a
+        # worker whose prefetch is full waits before it looks again.
+        "polling_interval": 0.05,
     }
-    (VAR_DIR / "results").mkdir(parents=True, exist_ok=True)
-    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", f"file://{VAR_DIR / 'results'}")
-else:
+    CELERY_RESULT_BACKEND = env_str(
+        "CELERY_RESULT_BACKEND", f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}"
+    )
+    # Results are written by workers and read by the web process: wait for the lock.
+    CELERY_DATABASE_ENGINE_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
+elif _broker_scheme in {"redis", "rediss"}:
+    CELERY_BROKER_TRANSPORT = "config.broker:RedisTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Longer than any task's hard time limit, so Redis never redelivers a running task.
         "visibility_timeout": 3600,
     }
     CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+else:
+    # Other transports lack the guard against undecodable messages, and the file-system
+    # one hands consumers half-written messages (issue 12).
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL={CELERY_BROKER_URL!r} is not a supported broker: "
+        "sqlite:///path/to/broker.sqlite3 (embedded) or redis://..."
+    )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

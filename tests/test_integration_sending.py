@@ -21,13 +21,13 @@ import email
 import email.policy
 import html
 import re
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from email.message import EmailMessage as ParsedMessage
 from email.utils import getaddresses
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -603,22 +603,20 @@ def test_redis_flush_mid_campaign(
     )
 
 
-def test_filesystem_broker_queue_loss_mid_campaign(
+def test_embedded_broker_queue_loss_mid_campaign(
     smtp_sink: SmtpSink, workers: CeleryWorkers, olivia: User, rita: User, settings: Any
 ) -> None:
-    if not django_settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        pytest.skip("the broker is not the embedded file-system broker")
-    queue = Path(django_settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"])
+    if not django_settings.CELERY_BROKER_URL.startswith("sqlite:///"):
+        pytest.skip("the broker is not the embedded SQLite broker")
+    broker_file = django_settings.CELERY_BROKER_URL.removeprefix("sqlite:///")
 
-    def delete_queue_files() -> int:
-        deleted = 0
-        for path in queue.glob("*.msg"):
-            path.unlink(missing_ok=True)
-            deleted += 1
-        return deleted
+    def delete_queued_rows() -> int:
+        # Messages waiting in the queue; kombu keeps consumed ones as invisible rows.
+        with sqlite3.connect(broker_file, timeout=30) as broker:
+            return broker.execute("DELETE FROM kombu_message WHERE visible = 1").rowcount
 
     _broker_loss_mid_campaign(
-        delete_queue_files,
+        delete_queued_rows,
         sink=smtp_sink,
         workers=workers,
         author=olivia,

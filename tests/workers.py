@@ -123,10 +123,11 @@ def worker_database_url() -> str:
     """
     from django.db import connections
 
-    db = connections["default"].settings_dict
+    connection = connections["default"]
+    db = connection.settings_dict
     engine = db["ENGINE"]
     name = str(db["NAME"])
-    if engine == "django.db.backends.sqlite3":
+    if connection.vendor == "sqlite":
         if name == ":memory:" or name.startswith("file:"):
             raise RuntimeError(
                 "The test database is in memory, so no other process can open it: "
