@@ -47,11 +47,10 @@ if [ ! -f "$VENV/.installed" ] || [ requirements.txt -nt "$VENV/.installed" ]; t
 fi
 
 # --- Port ------------------------------------------------------------------------------
-"$BIN/python" - "$DEMO_HOST" "$DEMO_PORT" <<'PY' || die "port $DEMO_PORT on $DEMO_HOST is in use; choose another with DEMO_PORT=..."
-import socket, sys
-with socket.socket() as sock:
-    sock.bind((sys.argv[1], int(sys.argv[2])))
-PY
+# Binds as the web server will (with address reuse), so the connections a demo stopped a
+# moment ago leaves in TIME_WAIT do not count as "in use"; a listener still does.
+"$BIN/python" scripts/check_port.py "$DEMO_HOST" "$DEMO_PORT" \
+    || die "port $DEMO_PORT on $DEMO_HOST is in use; choose another with DEMO_PORT=..."
 
 # --- Database and demo data --------------------------------------------------------------
 "$BIN/python" manage.py migrate --no-input

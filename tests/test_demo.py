@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -217,6 +218,52 @@ def test_demo_stops_everything_and_fails_when_one_service_dies(demo: Demo) -> No
     assert returncode == 1
     assert "the beat service stopped unexpectedly" in demo.output()
     assert demo.processes() == {}
+
+
+def tcp_states(port: int) -> set[str]:
+    """States (hex, as the kernel writes them) of IPv4 TCP sockets with local `port`."""
+    states = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            states.add(fields[3])
+    return states
+
+
+TIME_WAIT = "06"
+
+
+def check_port(port: int) -> int:
+    return subprocess.run(
+        [sys.executable, "scripts/check_port.py", "127.0.0.1", str(port)], cwd=ROOT, timeout=60
+    ).returncode
+
+
+def test_port_check_accepts_a_port_in_time_wait_and_refuses_a_listener() -> None:
+    # A stopped demo's server: it closed its connections first, so they wait in TIME_WAIT.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+
+    while_listening = check_port(port)
+    served.close()
+    client.close()
+    listener.close()
+    deadline = time.monotonic() + 10
+    while TIME_WAIT not in tcp_states(port):
+        assert time.monotonic() < deadline, tcp_states(port)
+        time.sleep(0.05)
+    # Control: a plain bind (the old check) refuses the port while the TIME_WAIT lasts.
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))
+    after_stop = check_port(port)
+
+    assert while_listening == 1
+    assert after_stop == 0
 
 
 def test_demo_refuses_a_port_in_use_before_touching_the_database(tmp_path: Path) -> None:
