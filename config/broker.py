@@ -22,6 +22,7 @@ import binascii
 import json
 import logging
 import os
+import sqlite3
 import time
 from pathlib import Path
 from queue import Empty
@@ -31,6 +32,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +106,46 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     # for readers. NORMAL is durable enough in WAL mode: a power cut may lose the last
     # messages, never corrupt the file, and the sweeper re-dispatches what was lost.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        # WAL stays set in the file. Switching needs the file to itself, and SQLite says
+        # "locked" at once, without its busy wait, while another process opens the new
+        # file too: whoever loses waits a moment and looks again.
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        cursor.close()
 
 
 class SQLiteChannel(kombu_sqla.Channel):
     _last_forget = 0.0
+
+    def _open(self) -> Any:
+        # Kombu creates its tables when a process first opens the file, checking first
+        # and creating after. Web, worker and beat starting together on a new file race
+        # there, and the loser gets "table ... already exists": it looks again.
+        for attempt in range(5):
+            try:
+                return super()._open()
+            except OperationalError as exc:
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _get_or_create(self, queue: str) -> Any:
+        # The same race one step later: two processes declare a new queue at once, and
+        # the second insert of its row breaks the unique name. That row is the one wanted.
+        try:
+            return super()._get_or_create(queue)  # type: ignore[misc]
+        except IntegrityError:
+            self.session.rollback()
+            return super()._get_or_create(queue)  # type: ignore[misc]
 
     def _engine_from_config(self) -> Engine:
         # Kombu passes every transport option to create_engine, so Celery's own options
@@ -145,7 +180,7 @@ class SQLiteChannel(kombu_sqla.Channel):
         return payload
 
     def _has_visible(self, queue: str) -> bool:
-        queue_id = self._get_or_create(queue).id  # type: ignore[attr-defined]
+        queue_id = self._get_or_create(queue).id
         found = (
             self.session.query(self.message_cls.id)
             .filter(self.message_cls.queue_id == queue_id, self.message_cls.visible.is_(True))

@@ -189,6 +189,49 @@ def _producer_logs(tmp_path: Path) -> str:
     return "\n".join(p.read_text(errors="replace")[-2000:] for p in tmp_path.glob("producer-*"))
 
 
+# --- processes starting together on a new broker file ----------------------------------------
+
+OPEN_AND_PUT = """
+import sys, time
+from kombu import Connection
+folder, rounds, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for n in range(rounds):
+    # Every process opens round n's new file at the same moment, as web, worker and beat
+    # do on a first `make demo`.
+    time.sleep(max(0.0, start + n * 0.4 - time.time()))
+    url = f"sqlite:///{folder}/broker-{n}.sqlite3"
+    with Connection(url, transport="config.broker:SQLiteTransport") as conn:
+        conn.SimpleQueue("first").put({"round": n})
+"""
+
+
+def test_processes_opening_a_new_embedded_broker_together_all_get_in(tmp_path: Path) -> None:
+    if not settings.CELERY_BROKER_URL.startswith("sqlite:///"):
+        pytest.skip("the broker is not the embedded SQLite broker")
+    rounds, processes = 10, 6
+    start = time.time() + 5  # time for every interpreter to start and import kombu
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_PUT, str(tmp_path), str(rounds), str(start)],
+            cwd=settings.BASE_DIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(processes)
+    ]
+    outcomes = [
+        (child.wait(timeout=120), child.stdout.read() if child.stdout else "") for child in children
+    ]
+
+    assert [code for code, _ in outcomes] == [0] * processes, "\n".join(o for _, o in outcomes)
+    for n in range(rounds):
+        with sqlite3.connect(tmp_path / f"broker-{n}.sqlite3") as broker:
+            queued = broker.execute("SELECT count(*) FROM kombu_message").fetchone()[0]
+            queues = broker.execute("SELECT count(*) FROM kombu_queue").fetchone()[0]
+        assert (queued, queues) == (processes, 1)
+
+
 # --- a message the worker cannot decode ------------------------------------------------------
 
 
