@@ -1,4 +1,6 @@
-"""The kombu transports Countersign runs on, chosen by ``CELERY_BROKER_URL`` in settings.
+"""The kombu transports Countersign runs on, picked by ``CELERY_BROKER_URL``'s scheme.
+
+config/celery.py registers them with kombu as ``sqlite`` and ``redis``.
 
 - ``SQLiteTransport``: the embedded broker, kombu's SQLAlchemy transport on one SQLite file
   beside the database. Every put and get is a transaction, so no reader ever sees half a

@@ -297,14 +297,13 @@ UNSUBSCRIBE_MAILTO = env_str("UNSUBSCRIBE_MAILTO")
 
 # --- Celery --------------------------------------------------------------------------------
 # The embedded broker is an SQLite file beside the database (config/broker.py says why);
-# production names Redis. Each gets Countersign's transport class, which drops a message
-# it cannot decode instead of letting it stop the worker.
+# production names Redis. config/celery.py maps both schemes to Countersign's transport
+# classes, which drop a message they cannot decode instead of letting it stop the worker.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or f"sqlite:///{VAR_DIR / 'broker.sqlite3'}"
 _broker_scheme = CELERY_BROKER_URL.partition("://")[0].lower()
 if _broker_scheme in {"sqlite", "sqla+sqlite"}:
     # kombu would take the "sqla+" prefix as its own transport, without our class.
     CELERY_BROKER_URL = CELERY_BROKER_URL.removeprefix("sqla+")
-    CELERY_BROKER_TRANSPORT = "config.broker:SQLiteTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         # Seconds between polls of an empty queue (kombu's default is 1): also how long a
         # worker whose prefetch is full waits before it looks again.
@@ -316,7 +315,6 @@ if _broker_scheme in {"sqlite", "sqla+sqlite"}:
     # Results are written by workers and read by the web process: wait for the lock.
     CELERY_DATABASE_ENGINE_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
 elif _broker_scheme in {"redis", "rediss"}:
-    CELERY_BROKER_TRANSPORT = "config.broker:RedisTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Longer than any task's hard time limit, so Redis never redelivers a running task.
         "visibility_timeout": 3600,

@@ -133,9 +133,7 @@ def test_empty_values_mean_the_default(tmp_path: Path) -> None:
 
 
 def test_importing_settings_and_the_celery_app_creates_no_folder(tmp_path: Path) -> None:
-    values = loaded(
-        tmp_path, "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_TRANSPORT"
-    )
+    values = loaded(tmp_path, "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
 
     var_dir = tmp_path / "var"
     assert not var_dir.exists(), sorted(var_dir.rglob("*"))
@@ -143,7 +141,6 @@ def test_importing_settings_and_the_celery_app_creates_no_folder(tmp_path: Path)
     assert values == {
         "CELERY_BROKER_URL": f"sqlite:///{var_dir / 'broker.sqlite3'}",
         "CELERY_RESULT_BACKEND": f"db+sqlite:///{var_dir / 'celery-results.sqlite3'}",
-        "CELERY_BROKER_TRANSPORT": "config.broker:SQLiteTransport",
     }
 
 
@@ -170,3 +167,15 @@ def test_the_embedded_database_makes_its_folder_when_first_opened(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(var_dir / "countersign.sqlite3")
     assert (var_dir / "countersign.sqlite3").is_file()
+
+
+def test_the_broker_url_picks_countersigns_transport_and_logs_show_its_scheme() -> None:
+    from config.broker import RedisTransport, SQLiteTransport
+    from config.celery import app
+
+    scheme = settings.CELERY_BROKER_URL.split("://", 1)[0]
+    with app.connection_for_write() as conn:
+        transport = conn.transport
+
+        assert type(transport) is (SQLiteTransport if scheme == "sqlite" else RedisTransport)
+        assert conn.as_uri().startswith(f"{scheme}://")
