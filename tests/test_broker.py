@@ -18,11 +18,10 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from django.conf import settings
-from kombu import Queue
 
 from accounts.models import User
 from campaigns import services
@@ -35,10 +34,7 @@ if TYPE_CHECKING:
     from tests.workers import CeleryProcess, CeleryWorkers
 
 pytest_plugins = ["tests.workers"]
-# serialized_rollback, like the browser tests that run right after these: the flush after a
-# plain transactional test recreates the role groups with new ids, and the browser tests'
-# restore of the serialized database would then insert them a second time.
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 MESSAGES = 10_000
 RECIPIENTS = 400
@@ -51,17 +47,6 @@ CRASH_SIGNS = (
     "exited with 'signal",
     "Connection to broker lost",
 )
-
-
-def queued_messages() -> int:
-    """Messages waiting in the default queue of the configured broker."""
-    from config.celery import app
-
-    with app.connection_for_read() as conn:
-        # A passive declare answers (name, messages waiting, consumers) on every transport.
-        declared: Any = Queue(app.conf.task_default_queue).bind(conn.default_channel)
-        _name, count, _consumers = declared.queue_declare(passive=True)
-        return int(count)
 
 
 def make_audience(count: int) -> None:
@@ -146,7 +131,7 @@ def test_two_producers_two_workers_and_beat_lose_and_repeat_nothing(
     # workers warm, so every line they were writing is written.
     deadline = time.monotonic() + 60
     while any(w.is_running() for w in workers) and time.monotonic() < deadline:
-        if queued_messages() == 0:
+        if celery_workers.queued() == 0:
             break
         time.sleep(0.5)
     alive = {w.name: w.is_running() and w.pid == main_pids[w.name] for w in workers}

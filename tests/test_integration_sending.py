@@ -34,7 +34,6 @@ from urllib.parse import unquote
 import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
-from kombu import Queue
 
 from accounts.models import User
 from campaigns import sending, services
@@ -221,17 +220,12 @@ def wait_until_sent(
     return waited
 
 
-def worker_idle(process: CeleryProcess) -> bool:
+def worker_idle(workers: CeleryWorkers, process: CeleryProcess) -> bool:
     """Nothing waits in the broker and every send_batch the worker received has finished."""
-    from config.celery import app
-
-    with app.connection_for_read() as conn:
-        declared: Any = Queue(app.conf.task_default_queue).bind(conn.default_channel)
-        _name, waiting, _consumers = declared.queue_declare(passive=True)
     log = process.log_text()
     received = len(re.findall(r"Task countersign\.send_batch\[[^\]]+\] received", log))
     finished = len(re.findall(r"Task countersign\.send_batch\[[^\]]+\] (?:succeeded|raised)", log))
-    return int(waiting) == 0 and received == finished
+    return workers.queued() == 0 and received == finished
 
 
 def sent_per_worker(process: CeleryProcess) -> int:
@@ -431,7 +425,7 @@ def test_postmark_outcomes_retry_only_what_was_refused_and_never_repost_unknowns
     # The chain's last send_batch (the one that finds nothing) may still be queued or
     # running; it would take the retries itself once they are due. Let it finish first.
     wait_until(
-        lambda: worker_idle(worker),
+        lambda: worker_idle(celery_workers, worker),
         timeout=60,
         what="the worker to finish the chain's last batch",
         diagnostics=lambda: explain(campaign, [worker]),
