@@ -77,8 +77,10 @@ stop_all() {
         # (a SIGTERM straight to the pool processes makes the worker stall).
         kill -TERM "$pid" 2>/dev/null || true
     done
-    local _ alive
-    for _ in $(seq 1 100); do
+    # Up to 20 seconds by the clock (not by a count of polls: on a busy machine each
+    # `sleep` takes longer to start than it sleeps).
+    local alive deadline=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         alive=0
         for pid in "${pid_of[@]}"; do
             kill -0 -- "-$pid" 2>/dev/null && alive=1
