@@ -43,7 +43,7 @@ def prepare_environment(workdir: Path) -> None:
     os.environ["VAR_DIR"] = str(workdir)
     os.environ["OUTBOX_DIR"] = str(workdir / "outbox")
     os.environ["EMAIL_TRANSPORT"] = "campaigns.backends.OutboxBackend"
-    os.environ["CELERY_BROKER_URL"] = "filesystem://"
+    os.environ["CELERY_BROKER_URL"] = f"sqlite:///{workdir / 'broker.sqlite3'}"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     if not os.environ.get("SECRET_KEY"):
         os.environ["DEBUG"] = "true"

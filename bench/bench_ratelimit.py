@@ -40,7 +40,7 @@ def prepare_environment(workdir: Path, database_url: str) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ["DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
     os.environ["VAR_DIR"] = str(workdir)
-    os.environ["CELERY_BROKER_URL"] = "filesystem://"
+    os.environ["CELERY_BROKER_URL"] = f"sqlite:///{workdir / 'broker.sqlite3'}"
     os.environ["REDIS_URL"] = ""
     os.environ.setdefault("LOG_LEVEL", "ERROR")
     if not os.environ.get("SECRET_KEY"):

@@ -1,16 +1,17 @@
 """Countersign settings: one file, driven by environment variables.
 
-Nothing secret lives here. The embedded defaults (SQLite, the file-system broker, the
+Nothing secret lives here. The embedded defaults (SQLite, an SQLite-file broker, the
 on-disk outbox) need no servers; production points the same names at PostgreSQL, Redis
 and a real mail transport. The README documents every variable.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import dj_database_url
 import django_stubs_ext
@@ -30,32 +31,59 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
+def refuse(name: str, value: str, expected: str) -> NoReturn:
+    # Start-up stops here, naming the variable: a typo must never read as some default
+    # (SECURE_SSL_REDIRECT=ture used to mean "off").
+    raise ImproperlyConfigured(f"{name}={value!r} is not {expected}.")
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def parse_bool(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    refuse(name, value, "a boolean (true/false, yes/no, on/off, 1/0)")
+
+
+def parse_number(name: str, value: str, kind: type[int] | type[float]) -> Any:
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        refuse(name, value, "a whole number" if kind is int else "a number")
+    if not math.isfinite(number):
+        refuse(name, value, "a finite number")
+    return number
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    value = env_str(name)
+    return default if value.strip() == "" else parse_bool(name, value)
 
 
 def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value else default
+    value = env_str(name)
+    return default if value.strip() == "" else int(parse_number(name, value, int))
 
 
 def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    return float(value) if value else default
+    value = env_str(name)
+    return default if value.strip() == "" else float(parse_number(name, value, float))
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
+    value = env_str(name)
+    if value.strip() == "":
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def env_path(name: str, default: Path) -> Path:
-    value = os.environ.get(name)
+    value = env_str(name)
     path = Path(value) if value else default
     return path if path.is_absolute() else BASE_DIR / path
 
@@ -75,7 +103,8 @@ CSRF_TRUSTED_ORIGINS = env_list(
 )
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
-# Local state of the embedded mode: database, broker folders, outbox, beat schedule.
+# Local state of the embedded mode: database, broker, outbox, beat schedule. Nothing here
+# creates it: each writer makes the folder it needs when it first writes.
 VAR_DIR = env_path("VAR_DIR", BASE_DIR / "var")
 
 # --- Audit anchor -------------------------------------------------------------------------
@@ -180,6 +209,8 @@ else:
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Django's backend, plus: it makes the database's folder on first connection.
+    DATABASES["default"]["ENGINE"] = "config.sqlite"
     # Web, worker and beat share one file: WAL lets readers run beside the writer,
     # IMMEDIATE takes the write lock at BEGIN (no deadlock on lock upgrade), and the
     # timeout makes a busy writer wait instead of failing with "database is locked".
@@ -307,47 +338,88 @@ EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 30)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Countersign <countersign@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
+# Anymail's settings that are switches or numbers (from anymail's own defaults); every
+# other ANYMAIL_* value is a string. Anymail reads a switch by truthiness, so the string
+# "false" would switch it on: a switch must read as a boolean, and a value that reads as
+# one is refused for a setting not known to be a switch.
+ANYMAIL_SWITCHES = frozenset(
+    {
+        "IGNORE_UNSUPPORTED_FEATURES",
+        "IGNORE_RECIPIENT_STATUS",
+        "DEBUG_API_REQUESTS",
+        "USE_BULK_API",
+        "GENERATE_MESSAGE_ID",
+        "WORKAROUND_DISPLAY_NAME_BUGS",
+        "PREVENT_HEADER_ENCODING_BUGS",
+        "VERIFY_ATTACHMENT_EXTENSIONS",
+        "AUTO_CONFIRM_SNS_SUBSCRIPTIONS",
+        "TRACK_INITIAL_OPEN_AS_OPENED",
+    }
+)
+ANYMAIL_NUMBERS = frozenset({"REQUESTS_TIMEOUT"})
+
+
+def anymail_setting(variable: str, value: str) -> Any:
+    """ANYMAIL_<NAME>=value as anymail wants it, or refuse it naming the variable.
+
+    Provider settings carry the provider's prefix (POSTMARK_USE_BULK_API), so a name is
+    matched on its last words.
+    """
+    name = variable.removeprefix("ANYMAIL_")
+    if any(name == known or name.endswith(f"_{known}") for known in ANYMAIL_SWITCHES):
+        return parse_bool(variable, value)
+    if any(name == known or name.endswith(f"_{known}") for known in ANYMAIL_NUMBERS):
+        return parse_number(variable, value, float)
+    if value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        refuse(variable, value, f"a value for {name}, which is not a switch anymail has")
+    return value
+
+
 ANYMAIL: dict[str, Any] = {}
-for _key, _value in os.environ.items():
+for _key in sorted(os.environ):
     # ANYMAIL_POSTMARK_SERVER_TOKEN=... -> ANYMAIL["POSTMARK_SERVER_TOKEN"]; *_FILE reads a file.
-    if _key.startswith("ANYMAIL_"):
-        _name = _key.removeprefix("ANYMAIL_")
-        if _name.endswith("_FILE"):
-            ANYMAIL[_name.removesuffix("_FILE")] = Path(_value).read_text(encoding="utf-8").strip()
-        elif _value.lower() in {"true", "false"}:
-            # Booleans and numbers arrive as strings; anymail and requests need real ones
-            # ("false" would otherwise be truthy and switch a mode on).
-            ANYMAIL[_name] = _value.lower() == "true"
-        elif _value.replace(".", "", 1).isdigit():
-            ANYMAIL[_name] = float(_value) if "." in _value else int(_value)
-        else:
-            ANYMAIL[_name] = _value
+    if not _key.startswith("ANYMAIL_"):
+        continue
+    _variable = _key.removesuffix("_FILE")
+    if not _variable.removeprefix("ANYMAIL_"):
+        refuse(_key, os.environ[_key], "an anymail setting (ANYMAIL_<NAME>)")
+    ANYMAIL[_variable.removeprefix("ANYMAIL_")] = anymail_setting(_variable, env_str(_variable))
 # Optional inbound address for mailto: List-Unsubscribe; https one-click is always present.
 UNSUBSCRIBE_MAILTO = env_str("UNSUBSCRIBE_MAILTO")
 
 # --- Celery --------------------------------------------------------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
-BROKER_DIR = VAR_DIR / "broker"
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    for _folder in ("queue", "processed", "control"):
-        (BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+# The embedded broker is an SQLite file beside the database (config/broker.py says why);
+# production names Redis. config/celery.py maps both schemes to Countersign's transport
+# classes, which drop a message they cannot decode instead of letting it stop the worker.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or f"sqlite:///{VAR_DIR / 'broker.sqlite3'}"
+_broker_scheme = CELERY_BROKER_URL.partition("://")[0].lower()
+if _broker_scheme in {"sqlite", "sqla+sqlite"}:
+    # kombu would take the "sqla+" prefix as its own transport, without our class.
+    CELERY_BROKER_URL = CELERY_BROKER_URL.removeprefix("sqla+")
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
-        # Producers and consumers must share one folder: the transport reads what it wrote.
-        "data_folder_in": str(BROKER_DIR / "queue"),
-        "data_folder_out": str(BROKER_DIR / "queue"),
-        "processed_folder": str(BROKER_DIR / "processed"),
-        # Broadcast (pidbox) exchanges; kombu's default is ./control in the working directory.
-        "control_folder": str(BROKER_DIR / "control"),
-        "store_processed": False,
+        # Seconds between polls of an empty queue (kombu's default is 1): also how long a
+        # worker whose prefetch is full waits before it looks again.
+        "polling_interval": 0.05,
     }
-    (VAR_DIR / "results").mkdir(parents=True, exist_ok=True)
-    CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", f"file://{VAR_DIR / 'results'}")
-else:
+    CELERY_RESULT_BACKEND = env_str(
+        "CELERY_RESULT_BACKEND", f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}"
+    )
+    # Results are written by workers and read by the web process: wait for the lock.
+    CELERY_DATABASE_ENGINE_OPTIONS: dict[str, Any] = {"connect_args": {"timeout": 30}}
+elif _broker_scheme in {"redis", "rediss"}:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # Longer than any task's hard time limit, so Redis never redelivers a running task.
         "visibility_timeout": 3600,
     }
     CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+else:
+    # Other transports lack the guard against undecodable messages, and the file-system
+    # one hands consumers half-written messages (issue 12).
+    refuse(
+        "CELERY_BROKER_URL",
+        CELERY_BROKER_URL,
+        "a supported broker: sqlite:///path/to/broker.sqlite3 (embedded) or redis://...",
+    )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Countersign's embedded demo: SQLite, the file-system broker and the on-disk outbox; no
+# Countersign's embedded demo: SQLite, an SQLite-file broker and the on-disk outbox; no
 # servers to install. From a fresh clone with Python 3.11 on PATH:
 #
 #   make demo            (or: bash scripts/demo.sh)
 #
 # Creates .venv and installs requirements.txt if needed, migrates, seeds demo data, then
 # runs the web server, a Celery worker and Celery beat until Ctrl-C, which stops all three
-# and everything they started. If any of them dies, the others are stopped too and the
+# and everything they started. If the worker or beat dies, it is started again (up to
+# DEMO_RESTARTS times each, with a message) while the web server keeps serving; if the web
+# server dies, or a service has used up its restarts, the others are stopped too and the
 # script exits non-zero.
 #
 # Knobs (environment): DEMO_PORT (8000), DEMO_HOST (127.0.0.1), DEMO_USERS (audience
-# size, 1000), DEMO_PASSWORD (countersign-demo), VAR_DIR (var: database, broker, outbox),
-# PYTHON (python3.11, used only to create .venv).
+# size, 1000), DEMO_PASSWORD (countersign-demo), DEMO_RESTARTS (5), VAR_DIR (var:
+# database, broker, outbox), PYTHON (python3.11, used only to create .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEMO_HOST="${DEMO_HOST:-127.0.0.1}"
 DEMO_PORT="${DEMO_PORT:-8000}"
 DEMO_USERS="${DEMO_USERS:-1000}"
+DEMO_RESTARTS="${DEMO_RESTARTS:-5}"
 export DEBUG="${DEBUG:-true}"
 export DEMO_PASSWORD="${DEMO_PASSWORD:-countersign-demo}"
 export VAR_DIR="${VAR_DIR:-var}"
@@ -47,19 +50,18 @@ if [ ! -f "$VENV/.installed" ] || [ requirements.txt -nt "$VENV/.installed" ]; t
 fi
 
 # --- Port ------------------------------------------------------------------------------
-"$BIN/python" - "$DEMO_HOST" "$DEMO_PORT" <<'PY' || die "port $DEMO_PORT on $DEMO_HOST is in use; choose another with DEMO_PORT=..."
-import socket, sys
-with socket.socket() as sock:
-    sock.bind((sys.argv[1], int(sys.argv[2])))
-PY
+# Binds as the web server will (with address reuse), so the connections a demo stopped a
+# moment ago leaves in TIME_WAIT do not count as "in use"; a listener still does.
+"$BIN/python" scripts/check_port.py "$DEMO_HOST" "$DEMO_PORT" \
+    || die "port $DEMO_PORT on $DEMO_HOST is in use; choose another with DEMO_PORT=..."
 
 # --- Database and demo data --------------------------------------------------------------
 "$BIN/python" manage.py migrate --no-input
 "$BIN/python" manage.py seed_demo --users "$DEMO_USERS"
 
 # --- Services ------------------------------------------------------------------------------
-names=()
-pids=()
+names=(web worker beat)
+declare -A pid_of=() restarts=()
 stopping=0
 
 stop_all() {
@@ -70,15 +72,17 @@ stop_all() {
     say ""
     say "Stopping Countersign..."
     local pid
-    for pid in "${pids[@]}"; do
+    for pid in "${pid_of[@]}"; do
         # The main process only: the worker's warm shutdown then ends its own pool
         # (a SIGTERM straight to the pool processes makes the worker stall).
         kill -TERM "$pid" 2>/dev/null || true
     done
-    local _ alive
-    for _ in $(seq 1 100); do
+    # Up to 20 seconds by the clock (not by a count of polls: on a busy machine each
+    # `sleep` takes longer to start than it sleeps).
+    local alive deadline=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         alive=0
-        for pid in "${pids[@]}"; do
+        for pid in "${pid_of[@]}"; do
             kill -0 -- "-$pid" 2>/dev/null && alive=1
         done
         [ "$alive" = 0 ] || [ "$force" = 1 ] && break
@@ -86,7 +90,7 @@ stop_all() {
     done
     # Each service leads its own process group: whatever of it is still there now,
     # children included, goes.
-    for pid in "${pids[@]}"; do
+    for pid in "${pid_of[@]}"; do
         kill -KILL -- "-$pid" 2>/dev/null || true
     done
     wait 2>/dev/null || true
@@ -100,7 +104,7 @@ on_signal() {
 on_exit() {
     local status=$?
     # Covers `set -e` failures while starting: never leave a service running.
-    if [ "$stopping" = 0 ] && [ "${#pids[@]}" -gt 0 ]; then
+    if [ "$stopping" = 0 ] && [ "${#pid_of[@]}" -gt 0 ]; then
         stop_all
     fi
     exit "$status"
@@ -110,32 +114,52 @@ trap on_exit EXIT
 
 start() {
     local name=$1
-    shift
     # setsid: a new session and process group per service, so that Ctrl-C (delivered to
     # this script's group) leaves stopping them to stop_all, which signals whole groups.
-    setsid "$@" &
-    names+=("$name")
-    pids+=("$!")
+    case "$name" in
+        web) setsid "$BIN/python" manage.py runserver "$DEMO_HOST:$DEMO_PORT" --noreload & ;;
+        worker) setsid "$BIN/celery" -A config worker --loglevel=INFO --concurrency=2 \
+            -n "demo-worker@%h" & ;;
+        beat) setsid "$BIN/celery" -A config beat --loglevel=INFO & ;;
+    esac
+    pid_of[$name]=$!
+    restarts[$name]=${restarts[$name]:-0}
 }
 
 # Returns the name of the first service that has exited, if any.
 dead_service() {
-    local i
-    for i in "${!pids[@]}"; do
-        if ! kill -0 "${pids[$i]}" 2>/dev/null; then
-            printf '%s' "${names[$i]}"
+    local name
+    for name in "${names[@]}"; do
+        if ! kill -0 "${pid_of[$name]}" 2>/dev/null; then
+            printf '%s' "$name"
             return 0
         fi
     done
     return 1
 }
 
-start web "$BIN/python" manage.py runserver "$DEMO_HOST:$DEMO_PORT" --noreload
-start worker "$BIN/celery" -A config worker --loglevel=INFO --concurrency=2 -n "demo-worker@%h"
-start beat "$BIN/celery" -A config beat --loglevel=INFO
+# The worker or beat died: start it again, unless it has used up its restarts.
+restart() {
+    local name=$1 pid=${pid_of[$1]} status=0
+    wait "$pid" 2>/dev/null || status=$?
+    # A crashed worker can leave pool processes behind in its group: they go first.
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    if [ "${restarts[$name]}" -ge "$DEMO_RESTARTS" ]; then
+        say "demo: the $name service stopped unexpectedly (exit status $status) and was already restarted $DEMO_RESTARTS times; stopping the others." >&2
+        return 1
+    fi
+    restarts[$name]=$((restarts[$name] + 1))
+    say "demo: the $name service stopped unexpectedly (exit status $status); restarting it (restart ${restarts[$name]} of $DEMO_RESTARTS). The web server keeps serving." >&2
+    start "$name"
+}
 
-# Wait (up to two minutes) until the web server answers before saying it runs.
-"$BIN/python" - "http://$DEMO_HOST:$DEMO_PORT/healthz" "${pids[@]}" <<'PY' || {
+for name in "${names[@]}"; do
+    start "$name"
+done
+
+# Wait (up to two minutes) until the web server answers before saying it runs. A worker
+# or beat that dies meanwhile is restarted by the loop at the end, like any other time.
+"$BIN/python" - "http://$DEMO_HOST:$DEMO_PORT/healthz" "${pid_of[web]}" <<'PY' || {
 import os, signal, sys, time, urllib.request
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: quietly, the trap reports
 url, pids = sys.argv[1], [int(p) for p in sys.argv[2:]]
@@ -150,13 +174,12 @@ while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            sys.exit(1)  # a service died; the shell names it
+            sys.exit(1)  # the web server died; the shell says so
     time.sleep(0.2)
 sys.exit(1)
 PY
-    dead=$(dead_service) || dead=""
-    if [ -n "$dead" ]; then
-        say "demo: the $dead service exited during start-up; stopping the others." >&2
+    if ! kill -0 "${pid_of[web]}" 2>/dev/null; then
+        say "demo: the web service exited during start-up; stopping the others." >&2
     else
         say "demo: the web server did not answer on http://$DEMO_HOST:$DEMO_PORT/ within 2 minutes." >&2
     fi
@@ -178,9 +201,11 @@ MSG
 
 while true; do
     if dead=$(dead_service); then
-        say "demo: the $dead service stopped unexpectedly; stopping the others." >&2
-        stop_all
-        exit 1
+        if [ "$dead" = web ] || ! restart "$dead"; then
+            [ "$dead" = web ] && say "demo: the web service stopped unexpectedly; stopping the others." >&2
+            stop_all
+            exit 1
+        fi
     fi
     # A background sleep and `wait`: the INT trap runs as soon as Ctrl-C arrives.
     sleep 1 &

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 
 from accounts.models import User
+from accounts.roles import sync_roles_after_migrate
 from tests.postmark_stub import postmark_stub  # noqa: F401  (shared fixture)
 
 DEMO_PASSWORD = "correct-horse-battery-staple"
@@ -52,6 +53,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="DATABASE_URL does not name PostgreSQL"))
         if "needs_redis" in item.keywords and (not redis_urls or unreachable):
             item.add_marker(pytest.mark.skip(reason="no reachable Redis configured"))
+    items[:] = _serialized_rollback_first(items)
+
+
+def _transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    fixtures = getattr(item, "fixturenames", ())
+    return bool(marker and marker.kwargs.get("transaction")) or "transactional_db" in fixtures
+
+
+def _serialized_rollback_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The serialized_rollback tests first among the transactional ones (which pytest-django
+    already runs after the others), whatever the file names.
+
+    Django restores such a test's database by inserting the saved rows again. A plain
+    transactional test before it ends with a flush whose post_migrate makes the role groups
+    anew, under new ids, and the restore then fails on their unique names.
+    """
+    serialized = [
+        item
+        for item in items
+        if (marker := item.get_closest_marker("django_db"))
+        and marker.kwargs.get("serialized_rollback")
+    ]
+    moved = {id(item) for item in serialized}
+    others = [item for item in items if id(item) not in moved]
+    first = next((i for i, item in enumerate(others) if _transactional(item)), len(others))
+    return [*others[:first], *serialized, *others[first:]]
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +113,10 @@ def make_staff(username: str, *roles: str, superuser: bool = False, **extra: Any
         **extra,
     )
     for role in roles:
+        if not Group.objects.filter(name=role).exists():
+            # A flush that skips post_migrate (after a serialized_rollback test) leaves the
+            # next transactional test without the roles; make them as post_migrate does.
+            sync_roles_after_migrate()
         user.groups.add(Group.objects.get(name=role))
     return user
 

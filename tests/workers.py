@@ -123,10 +123,11 @@ def worker_database_url() -> str:
     """
     from django.db import connections
 
-    db = connections["default"].settings_dict
+    connection = connections["default"]
+    db = connection.settings_dict
     engine = db["ENGINE"]
     name = str(db["NAME"])
-    if engine == "django.db.backends.sqlite3":
+    if connection.vendor == "sqlite":
         if name == ":memory:" or name.startswith("file:"):
             raise RuntimeError(
                 "The test database is in memory, so no other process can open it: "
@@ -181,6 +182,20 @@ def purge_broker(queues: list[str] | None = None) -> int:
             # A queue nobody declared yet purges as empty on both transports we use.
             dropped += Queue(queue).bind(channel).purge() or 0
     return dropped
+
+
+def queued_messages(queue: str | None = None) -> int:
+    """Messages waiting in a queue of the configured broker (not those a worker holds)."""
+    from config.celery import app
+
+    with app.connection_for_read() as conn:
+        declared: Any = Queue(queue or app.conf.task_default_queue).bind(conn.default_channel)
+        try:
+            _name, waiting, _consumers = declared.queue_declare(passive=True)
+        except conn.channel_errors:
+            # Redis keeps no empty lists: a queue with nothing in it "does not exist".
+            return 0
+        return int(waiting)
 
 
 # --- processes ----------------------------------------------------------------------------
@@ -445,6 +460,10 @@ class CeleryWorkers:
         process = launch(argv, name=name, extra_env=extra_env)
         self.started.append(process)
         return process
+
+    def queued(self, queue: str | None = None) -> int:
+        """``queued_messages``: what waits in the broker right now."""
+        return queued_messages(queue)
 
     def purge(self, queues: list[str] | None = None) -> int:
         """``purge_broker``: the fixture already did this once before the test started."""

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from accounts.management.commands.seed_demo import (
+from campaigns.management.commands.seed_demo import (
     AWKWARD_MEMBERS,
     CAMPAIGN_NAME,
     DEFAULT_PASSWORD,

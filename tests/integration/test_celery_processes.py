@@ -1,6 +1,6 @@
 """A real worker process and a real beat process against the configured broker.
 
-These run on whatever the environment names: SQLite and the file-system broker by
+These run on whatever the environment names: SQLite and the SQLite-file broker by
 default, PostgreSQL and Redis in the second CI pass.
 """
 

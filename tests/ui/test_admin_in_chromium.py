@@ -22,7 +22,7 @@ from django.urls import reverse
 from playwright.sync_api import Route, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from accounts.management.commands.seed_demo import CAMPAIGN_NAME
+from campaigns.management.commands.seed_demo import CAMPAIGN_NAME
 from accounts.models import User
 from campaigns import services
 from campaigns.models import Campaign, Delivery, SenderIdentity, SendingSwitch
