@@ -12,14 +12,14 @@ from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from accounts.models import AudienceAttribute, User
+from audit.models import AuditEvent
 from campaigns.management.commands.seed_demo import (
     AWKWARD_MEMBERS,
     CAMPAIGN_NAME,
     DEFAULT_PASSWORD,
     demo_member,
 )
-from accounts.models import AudienceAttribute, User
-from audit.models import AuditEvent
 from campaigns.models import Campaign, SenderIdentity
 from campaigns.rendering import campaign_placeholders
 from campaigns.templating import compile_subject, compile_template

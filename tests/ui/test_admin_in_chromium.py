@@ -22,9 +22,9 @@ from django.urls import reverse
 from playwright.sync_api import Route, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from campaigns.management.commands.seed_demo import CAMPAIGN_NAME
 from accounts.models import User
 from campaigns import services
+from campaigns.management.commands.seed_demo import CAMPAIGN_NAME
 from campaigns.models import Campaign, Delivery, SenderIdentity, SendingSwitch
 from tests.factories import HTML, TEXT
 
