@@ -126,12 +126,15 @@ start() {
     restarts[$name]=${restarts[$name]:-0}
 }
 
-# Returns the name of the first service that has exited, if any.
-dead_service() {
+# Sets `dead` to the name of the first service that has exited, if any. No subshell (no
+# `$(...)`): a Ctrl-C that lands while the shell waits for a short-lived child can be
+# taken as that child's business, and the trap would not run.
+find_dead_service() {
     local name
+    dead=""
     for name in "${names[@]}"; do
         if ! kill -0 "${pid_of[$name]}" 2>/dev/null; then
-            printf '%s' "$name"
+            dead=$name
             return 0
         fi
     done
@@ -200,7 +203,7 @@ cat <<MSG
 MSG
 
 while true; do
-    if dead=$(dead_service); then
+    if find_dead_service; then
         if [ "$dead" = web ] || ! restart "$dead"; then
             [ "$dead" = web ] && say "demo: the web service stopped unexpectedly; stopping the others." >&2
             stop_all
