@@ -201,7 +201,8 @@ def test_a_thousand_awkward_names_each_parse_as_exactly_their_one_recipient(
     campaign = make_campaign()
     addresses = [f"member{index:04d}@audience{index % 9}.example" for index in range(1000)]
     everyone = set(addresses)
-    started = time.monotonic()
+    # CPU time of this process: other load on a shared machine must not fail the test.
+    started = time.process_time()
     kept_names = 0
     for index, address in enumerate(addresses):
         name = awkward_name(index, addresses)
@@ -245,7 +246,7 @@ def test_a_thousand_awkward_names_each_parse_as_exactly_their_one_recipient(
         assert str(strict["Subject"]) == f"Spring news for {first_name}"
     # Both paths were exercised: names kept (encoded or plain) and names dropped.
     assert 400 < kept_names < 1000
-    assert time.monotonic() - started < 20
+    assert time.process_time() - started < 20
 
 
 @pytest.mark.parametrize(
@@ -735,9 +736,9 @@ def test_audience_hash_streams_a_hundred_thousand_rows_quickly() -> None:
                 {"first_name": f"M{user_id}", "email": "x"},
             )
 
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU: load elsewhere does not count
     digest = audience_hash(rows())
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 5
     assert digest == audience_hash(rows())
 
 
