@@ -75,6 +75,13 @@ def parent_pid(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
+def like_a_terminal_job() -> None:
+    # A terminal's foreground job takes Ctrl-C. A test run started in the background (`&`
+    # in a script, nohup) hands its children SIGINT ignored, and bash cannot trap a signal
+    # it was started ignoring: the demo would never hear Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Demo:
     """One run of scripts/demo.sh in its own session, like a terminal's foreground job."""
 
@@ -101,6 +108,7 @@ class Demo:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=like_a_terminal_job,
             )
         self.started_at = time.monotonic()
 
