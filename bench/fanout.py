@@ -66,6 +66,7 @@ def base_env(**extra: str) -> dict[str, str]:
     env.setdefault("CELERY_BROKER_URL", DEFAULT_BROKER)
     env.setdefault("REDIS_URL", DEFAULT_REDIS)
     env.setdefault("SECRET_KEY", "bench-" + secrets.token_hex(16))
+    env.setdefault("AUDIT_ANCHOR_KEY", "bench-" + secrets.token_hex(32))
     env.setdefault("DEBUG", "false")
     env.setdefault("LOG_LEVEL", "WARNING")
     env["DJANGO_SETTINGS_MODULE"] = env.get("BENCH_SETTINGS", "config.settings")

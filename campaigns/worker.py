@@ -17,6 +17,7 @@ import random
 import smtplib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -307,11 +308,12 @@ _STATE_SQL = (
 def stop_reason(campaign_id: int) -> str:
     """ "" while the campaign may send; otherwise why not ("paused", "cancelled", ...).
 
-    Read before every message, so a pause, cancel or emergency stop made anywhere stops
-    every worker before its next message. One query for the campaign and the switch.
+    One query for the campaign and the emergency switch. The send loop reads it through
+    a `StateWatch`, so a pause, cancel or emergency stop made anywhere stops every worker
+    within `SEND_STATE_RECHECK_SECONDS`.
     """
-    # Plain SQL: this runs once per message, and the ORM would spend more time
-    # compiling the query than the database spends answering it.
+    # Plain SQL: this runs often, and the ORM would spend more time compiling the query
+    # than the database spends answering it.
     with db_connection.cursor() as cursor:
         cursor.execute(_STATE_SQL, [campaign_id])
         row = cursor.fetchone()
@@ -325,6 +327,47 @@ def stop_reason(campaign_id: int) -> str:
     if status != Campaign.Status.SENDING:
         return "paused"
     return ""
+
+
+DEFAULT_STATE_RECHECK_SECONDS = 0.25
+
+
+class StateWatch:
+    """The campaign's `stop_reason`, read again once `interval` seconds have passed.
+
+    Before every message the send loop asks `current()`: a query at most every quarter
+    second instead of one per message, so a stop made anywhere reaches every worker
+    within that interval plus the one message already on the wire.
+    """
+
+    def __init__(
+        self,
+        campaign_id: int,
+        *,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval is None:
+            interval = float(
+                getattr(settings, "SEND_STATE_RECHECK_SECONDS", DEFAULT_STATE_RECHECK_SECONDS)
+            )
+        self.campaign_id = campaign_id
+        self.interval = max(0.0, interval)
+        self.clock = clock
+        self.reads = 0
+        self._reason = ""
+        self._read_at: float | None = None
+
+    def fresh(self) -> str:
+        self._reason = stop_reason(self.campaign_id)
+        self._read_at = self.clock()
+        self.reads += 1
+        return self._reason
+
+    def current(self) -> str:
+        if self._read_at is None or self.clock() - self._read_at >= self.interval:
+            return self.fresh()
+        return self._reason
 
 
 @dataclass
@@ -350,8 +393,8 @@ def send_batch(
     deliveries then go out in chunks of SEND_CHUNK_SIZE: each message of a chunk is
     built and passes the guard's pre-flight, one fenced UPDATE commits the chunk
     `sending`, the messages go out one by one on the reused connection (each after a
-    look at the campaign's state and a token from the shared limiter, each through the
-    guarded backend), and one fenced UPDATE records the chunk `sent`. A crash
+    look at the campaign's state, re-read at most every SEND_STATE_RECHECK_SECONDS, and a
+    token from the shared limiter, each through the guarded backend), and one fenced UPDATE records the chunk `sent`. A crash
     therefore leaves at most one chunk per worker process ambiguous (`unknown`).
     """
     result = BatchResult()
@@ -381,13 +424,16 @@ def send_batch(
     chunk_size = send_chunk_size()
     limiter = shared_limiter()
     connection = backend or get_connection()
+    watch = StateWatch(campaign.pk)
     try:
         # Open it here, once: a backend opened by its caller stays open across
         # send_messages calls; otherwise every message would connect (and log in) anew.
         connection.open()
         for start in range(0, len(deliveries), chunk_size):
             chunk = deliveries[start : start + chunk_size]
-            stopped = _send_chunk(campaign, chunk, token, connection, limiter, suppressed, result)
+            stopped = _send_chunk(
+                campaign, chunk, token, connection, limiter, suppressed, watch, result
+            )
             if stopped:
                 result.stopped = stopped
                 break
@@ -412,10 +458,11 @@ def _send_chunk(
     connection: BaseEmailBackend,
     limiter: Any,
     suppressed: set[str],
+    watch: StateWatch,
     result: BatchResult,
 ) -> str:
     """Send one chunk of claimed deliveries; return why the batch must stop, or ""."""
-    why = stop_reason(campaign.pk)
+    why = watch.current()
     if why == "cancelled":
         for delivery in chunk:
             _end_claim(delivery, token, Delivery.Status.SKIPPED, "campaign cancelled")
@@ -447,7 +494,7 @@ def _send_chunk(
             _block(campaign, delivery, token, Delivery.Status.CLAIMED, violations[0])
             result.other += 1
             # The violation paused the campaign; say so as any other pause would.
-            return stop_reason(campaign.pk) or "guard"
+            return watch.fresh() or "guard"
         ready.append((delivery, message))
     if not ready:
         return ""
@@ -457,15 +504,15 @@ def _send_chunk(
     ready = _mark_sending(ready, token, now)
     sent: list[tuple[Delivery, str, str]] = []
     stopped = ""
-    # Each message takes its token right before it leaves (so the shared rate holds for
+    # Each message leaves right after its token is taken (so the shared rate holds for
     # every window), and the chunk as a whole waits at most a quarter of the lease for
     # them: its rows are `sending` meanwhile, and the sweeper must not find them expired.
     wait_budget = float(settings.CLAIM_LEASE_SECONDS) / 4
     chunk_started = time.monotonic()
+    tokens = 0
     try:
         for index, (delivery, message) in enumerate(ready):
-            # The first message right after the look at the chunk's start.
-            why = stop_reason(campaign.pk) if index else ""
+            why = watch.current()
             if why:
                 _unmark_sending([d for d, _ in ready[index:]], token)
                 if why == "cancelled":
@@ -475,11 +522,18 @@ def _send_chunk(
                     why = ""
                 stopped = stopped or why
                 break
-            waited = time.monotonic() - chunk_started
-            if not limiter.take(max_wait=max(0.0, wait_budget - waited)):
-                _unmark_sending([d for d, _ in ready[index:]], token)
-                stopped = "rate limit wait too long"
-                break
+            if not tokens:
+                # Tokens for the rest of the chunk in one round trip where the rate allows
+                # a block (ratelimit.BLOCK_SECONDS); at a low rate, one at a time.
+                waited = time.monotonic() - chunk_started
+                tokens = limiter.take(
+                    want=len(ready) - index, max_wait=max(0.0, wait_budget - waited)
+                )
+                if not tokens:
+                    _unmark_sending([d for d, _ in ready[index:]], token)
+                    stopped = "rate limit wait too long"
+                    break
+            tokens -= 1
             outcome = _send_one(campaign, delivery, token, connection, message)
             if outcome.sent:
                 sent.append((delivery, outcome.note, outcome.provider_message_id))
@@ -488,7 +542,7 @@ def _send_chunk(
             if outcome.stop:
                 # A guard violation paused the campaign: nothing more leaves this worker.
                 _unmark_sending([d for d, _ in ready[index + 1 :]], token)
-                stopped = stop_reason(campaign.pk) or "guard"
+                stopped = watch.fresh() or "guard"
                 break
     finally:
         _mark_sent(sent, token)

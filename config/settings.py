@@ -449,6 +449,9 @@ SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 50)
 # How many batch chains run side by side for one campaign (at most one per worker process helps).
 SEND_PARALLEL_BATCHES = env_int("SEND_PARALLEL_BATCHES", 2)
 CLAIM_LEASE_SECONDS = env_int("CLAIM_LEASE_SECONDS", 300)
+# How stale a worker's view of its campaign's state (pause, cancel, emergency stop) may get:
+# the state is re-read before a message once this many seconds have passed since the last read.
+SEND_STATE_RECHECK_SECONDS = env_float("SEND_STATE_RECHECK_SECONDS", 0.25)
 # Test sends carry unreviewed drafts: only to active staff accounts' addresses or these
 # internal domains (comma-separated), never to an audience member, and only a few.
 TEST_SEND_INTERNAL_DOMAINS = env_list("TEST_SEND_INTERNAL_DOMAINS", [])

@@ -293,6 +293,8 @@ def test_pause_stops_before_the_next_message_and_resume_continues(
 ) -> None:
     campaign = approved(olivia, rita)
     settings.EMAIL_TRANSPORT = "tests.campaigns.test_worker.PausingTransport"
+    # No staleness allowed: the state is read again before the very next message.
+    settings.SEND_STATE_RECHECK_SECONDS = 0
     mail.outbox.clear()
     result = worker.send_batch(campaign.pk, limit=100)
     assert result.sent == 1 and result.stopped == "paused"
@@ -303,6 +305,23 @@ def test_pause_stops_before_the_next_message_and_resume_continues(
     worker.send_batch(campaign.pk, limit=100)
     assert statuses(campaign) == {"sent": len(members)}
     assert len(mail.outbox) == len(members)
+
+
+def test_the_state_is_read_again_once_the_interval_has_passed(
+    olivia: User, rita: User, members: list[User]
+) -> None:
+    campaign = approved(olivia, rita)
+    now = [100.0]
+    watch = worker.StateWatch(campaign.pk, interval=0.25, clock=lambda: now[0])
+    assert watch.current() == "" and watch.reads == 1
+    Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.PAUSED)
+    now[0] += 0.2
+    # Within the interval the last reading stands: no query per message.
+    assert watch.current() == "" and watch.reads == 1
+    now[0] += 0.05
+    assert watch.current() == "paused" and watch.reads == 2
+    SendingSwitch.objects.update_or_create(pk=1, defaults={"halted": True})
+    assert watch.fresh() == "emergency stop" and watch.reads == 3
 
 
 def test_cancel_skips_the_rest(olivia: User, oscar: User, rita: User, members: list[User]) -> None:
@@ -455,8 +474,32 @@ def _exercise_bucket(make: Callable[[FakeClock], Any]) -> None:
     assert 19 <= got <= 21
 
 
+def _exercise_blocks(make: Callable[[FakeClock, float], Any]) -> None:
+    clock = FakeClock()
+    # At 2/s a block is one token: a low limit is taken exactly as one token per message.
+    slow = make(clock, 2.0)
+    assert slow.block == 1 and slow.take(want=10, sleep=clock.sleep) == 1
+    # At 1,000/s a block is what 10 ms of the rate gives: 10 tokens in one round trip.
+    first, second = make(clock, 1000.0), make(clock, 1000.0)
+    assert first.block == 10
+    assert first.take(want=25, sleep=clock.sleep) == 10
+    assert first.try_take_up_to(3) == (3, 0.0)
+    # Blocks never take more than the bucket holds: both workers together, over half a
+    # simulated second, get the burst (20) and 1,000/s, not a token more.
+    start = clock.now
+    got = 13
+    while clock.now - start < 0.5:
+        for bucket in (second, first):
+            got += bucket.take(want=10, sleep=clock.sleep, max_wait=5)
+    assert got <= 20 + 1000 * (clock.now - start) + 1
+    assert got >= 1000 * (clock.now - start) - 10
+
+
 def test_database_rate_limiter_is_shared_and_exact() -> None:
     _exercise_bucket(lambda clock: DatabaseBucket("test:db", rate=2.0, burst=4, clock=clock))
+    _exercise_blocks(
+        lambda clock, rate: DatabaseBucket(f"test:db:{rate}", rate=rate, burst=20, clock=clock)
+    )
 
 
 @pytest.mark.needs_redis
@@ -468,6 +511,12 @@ def test_redis_rate_limiter_is_shared_and_exact(settings: Any) -> None:
     redis.Redis.from_url(url).delete("test:redis")
     _exercise_bucket(
         lambda clock: RedisBucket("test:redis", url=url, rate=2.0, burst=4, clock=clock)
+    )
+    redis.Redis.from_url(url).delete("test:redis:2.0", "test:redis:1000.0")
+    _exercise_blocks(
+        lambda clock, rate: RedisBucket(
+            f"test:redis:{rate}", url=url, rate=rate, burst=20, clock=clock
+        )
     )
 
 
@@ -552,11 +601,12 @@ def test_a_crash_at_any_moment_leaves_at_most_one_chunk_ambiguous(
 
 
 def test_a_batch_reads_the_suppressions_once(
-    olivia: User, rita: User, make_member: Callable[..., User]
+    olivia: User, rita: User, make_member: Callable[..., User], settings: Any
 ) -> None:
     for i in range(12):
         make_member(f"batch{i}@example.org")
     campaign = approved(olivia, rita)
+    settings.SEND_STATE_RECHECK_SECONDS = 3600
     add_suppression("batch3@example.org", Suppression.Reason.MANUAL, source="test")
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -566,14 +616,15 @@ def test_a_batch_reads_the_suppressions_once(
     assert result.sent == 11 and result.other == 1
     suppression_reads = [q for q in queries if "campaigns_suppression" in q["sql"]]
     assert len(suppression_reads) == 1
-    # Per message: the state look and the limiter at most; the ledger is written per chunk.
-    # Per message one look at the campaign's state; the ledger is written per chunk. (The
-    # database rate limiter, used without Redis, has its own queries per token.)
+    # The campaign's state is looked at when the batch starts and then once per
+    # SEND_STATE_RECHECK_SECONDS (here longer than the batch), not once per message; the
+    # ledger is written per chunk. (The database rate limiter, used without Redis, has
+    # its own queries per token.)
     state_reads = [q for q in queries if "campaigns_sendingswitch" in q["sql"]]
     others = [
         q for q in queries if "campaigns_ratebucket" not in q["sql"] and "SAVEPOINT" not in q["sql"]
     ]
-    assert len(state_reads) == 11 + 1  # one per message after a chunk's first, one per chunk
+    assert len(state_reads) == 2
     # The rest does not grow with the messages: claim, load, suppressions, attributes,
     # two UPDATEs per chunk (of 10), release, completion and its audit event.
     assert len(others) - len(state_reads) <= 20

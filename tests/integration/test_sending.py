@@ -197,6 +197,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_until_quiet(sink: SmtpSink, *, quiet_for: float, timeout: float) -> int:
+    """Wait until the sink has received nothing new for `quiet_for` seconds; its count then."""
+    started = time.monotonic()
+    count, since = sink.count(), time.monotonic()
+    while time.monotonic() - since < quiet_for:
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"the sink kept receiving for {timeout}s (now {count})")
+        time.sleep(0.1)
+        now = sink.count()
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def wait_until_sent(
     campaign: Campaign,
     *,
@@ -652,7 +666,7 @@ def test_pause_stops_both_workers_and_resume_sends_the_rest_once(
     rita: User,
     settings: Any,
 ) -> None:
-    env = sending_settings(settings, rate=40.0, burst=5, batch=20, env=smtp_sink.env())
+    env = sending_settings(settings, rate=40.0, burst=5, batch=100, env=smtp_sink.env())
     make_audience(400)
     first = workers(name="pause-1", extra_env=env, ready_timeout=None)
     second = workers(name="pause-2", extra_env=env, ready_timeout=None)
@@ -663,14 +677,13 @@ def test_pause_stops_both_workers_and_resume_sends_the_rest_once(
 
     services.pause_campaign(campaign, by=rita, reason="checking a complaint")
     at_pause = smtp_sink.count()
-    time.sleep(2.0)
-    after_two_seconds = smtp_sink.count()
-    time.sleep(1.5)
-    later = smtp_sink.count()
-    # Each worker re-reads the campaign before every message: at most the one it had
-    # already started goes out after the pause.
-    assert after_two_seconds - at_pause <= 2, (at_pause, after_two_seconds)
-    assert later == after_two_seconds
+    # Quiet means no new message for 1.5 s; the deadline is generous for a busy machine.
+    stopped = wait_until_quiet(smtp_sink, quiet_for=1.5, timeout=30)
+    # Each worker re-reads the campaign at least every SEND_STATE_RECHECK_SECONDS (0.25 s)
+    # before a message. "Every worker stops within a second": at the shared rate of 40/s
+    # that is at most 40 messages plus the burst of 5 for both together. Workers that
+    # only looked once per batch (batch=100) would send the rest of their claims, over 100.
+    assert stopped - at_pause <= 40 * 1 + 5, (at_pause, stopped)
     # Both batches stopped and gave their unsent claims back.
     wait_until(
         lambda: count_status(campaign, Delivery.Status.CLAIMED, Delivery.Status.SENDING) == 0,
