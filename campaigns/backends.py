@@ -18,14 +18,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
-from django.core.mail.message import sanitize_address
 from django.db import DatabaseError
 from django.utils.module_loading import import_string
 
 from audit.chain import record_audit
 
 from .guard import layers
-from .guard.addresses import serialize
+from .guard.addresses import sanitized_address, serialize
 from .guard.provider import is_anymail
 from .guard.vocabulary import GuardViolation
 from .models import Campaign
@@ -145,8 +144,8 @@ class GuardedBackend(BaseEmailBackend):
         if not message.recipients():
             return 0
         encoding = message.encoding or settings.DEFAULT_CHARSET
-        from_email = sanitize_address(message.from_email, encoding)
-        recipients = [sanitize_address(address, encoding) for address in message.recipients()]
+        from_email = sanitized_address(message.from_email, encoding)
+        recipients = [sanitized_address(address, encoding) for address in message.recipients()]
         raw = serialize(message, layer="smtp-envelope")
         with transport._lock:
             try:

@@ -6,7 +6,6 @@ import smtplib
 from email.utils import getaddresses
 
 from django.core.mail import EmailMessage
-from django.core.mail.message import sanitize_address
 
 from accounts.validators import single_address_error
 
@@ -15,6 +14,7 @@ from .addresses import (
     message_encoding,
     require_serialized_recipient,
     same_address,
+    sanitized_address,
     serialize,
 )
 from .vocabulary import GuardViolation
@@ -56,7 +56,7 @@ def require_single_smtp_envelope(
     if envelope is None:
         encoding = message_encoding(message)
         try:
-            envelope = [sanitize_address(addr, encoding) for addr in message.recipients()]
+            envelope = [sanitized_address(addr, encoding) for addr in message.recipients()]
         except ValueError as error:
             raise GuardViolation(
                 layer, f"invalid envelope address: {error}", message=message

@@ -6,11 +6,18 @@ first only while nothing the result depends on has changed.
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from django.core.mail.message import sanitize_address
 
 from campaigns.guard import addresses
 from campaigns.guard import layers as guard_layers
-from campaigns.guard.addresses import header_block, require_serialized_recipient
+from campaigns.guard.addresses import (
+    header_block,
+    require_serialized_recipient,
+    sanitized_address,
+)
 from campaigns.guard.message import require_single_recipient
 from campaigns.guard.vocabulary import GuardViolation
 from tests.guard.conftest import ANN, BOB, delivery_message
@@ -91,3 +98,21 @@ def test_a_message_passed_by_the_preflight_is_refused_once_a_layer_is_enabled(
     monkeypatch.setattr(guard_layers, "PRE_SEND_LAYERS", [require_single_recipient])
     with pytest.raises(GuardViolation, match="Cc"):
         guard_layers.check_before_send(message, transport)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Zoë <zoe@example.org>", '"a@b" <c@d.example>', "x@exämple.org", "a@b.example, c@d.example"],
+)
+def test_the_remembered_sanitize_address_answers_as_djangos_every_time(value: str) -> None:
+    for _ in range(2):  # the first answer is computed, the second remembered
+        try:
+            expected = sanitize_address(value, "utf-8")
+        except ValueError as error:
+            with pytest.raises(ValueError, match=re.escape(str(error))):
+                sanitized_address(value, "utf-8")
+        else:
+            assert sanitized_address(value, "utf-8") == expected
+    # The encoding is part of what is remembered.
+    if value.startswith("Zoë"):
+        assert sanitized_address(value, "iso-8859-1") == sanitize_address(value, "iso-8859-1")
