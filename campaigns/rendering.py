@@ -175,6 +175,19 @@ def recipient_for_delivery(delivery: Delivery) -> Recipient:
     )
 
 
+def recipient_for_member(user: User) -> Recipient:
+    """An audience member before their delivery exists (the compose preview): the values
+    submission would freeze for them, and no delivery id."""
+    data = recipient_data_for_user(user)
+    return Recipient(
+        address=user.email,
+        display_name=_display_name(data),
+        data=data,
+        delivery_id=None,
+        user_id=user.pk,
+    )
+
+
 def recipient_for_test(campaign: Campaign, user: User, address: str) -> Recipient:
     """A test send of `campaign`: the staff member's own data, to one of their seed addresses."""
     if address.strip().lower() not in {seed.lower() for seed in user.seed_address_list()}:
