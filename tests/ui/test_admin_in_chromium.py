@@ -370,6 +370,7 @@ def test_olivia_composes_with_the_preview_and_submits(browser_page: BrowserPage)
     assert member is not None
     page = browser_page.page
     browser_page.login("olivia")
+    browser_page.assert_no_sideways_scroll()  # her home page
     browser_page.goto(admin_url("change", campaign.pk))
     expect(page.locator("#campaign-status h2 .cs-badge").first).to_have_text("Draft")
     expect(page.locator("#compose-preview")).to_be_visible()
@@ -408,6 +409,7 @@ def test_olivia_composes_with_the_preview_and_submits(browser_page: BrowserPage)
 
     page.get_by_role("button", name="Save and continue editing").click()
     assert "was changed successfully" in browser_page.success_message()
+    browser_page.assert_no_sideways_scroll()
     page.get_by_role("button", name="Submit for review").click()
     assert "Submitted for review" in browser_page.success_message()
     expect(page.locator("#campaign-status h2 .cs-badge").first).to_have_text("In review")
@@ -437,7 +439,9 @@ def test_with_scripts_off_the_preview_button_opens_the_preview_as_a_page(
         page = browser.page
         page.set_default_timeout(PAGE_TIMEOUT_MS)
         browser.login("olivia")
+        browser.assert_no_sideways_scroll()
         browser.goto(admin_url("change", campaign.pk))
+        browser.assert_no_sideways_scroll()
         page.locator("#id_subject_template").fill('Scripts off, {{ first_name|default:"there" }}')
         page.locator("#cs-preview-button").click()
         expect(page).to_have_url(browser.url(admin_url("compose_preview", campaign.pk)))
