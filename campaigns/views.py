@@ -377,11 +377,10 @@ def compose_preview(
 
     The caller (the admin) has checked that this user may edit `campaign` (or add one,
     when it is None), and passes the compose page's form class: the posted form is read
-    by the same form that saves it, so a template
-    it would refuse on save is refused here with the same message (line and column);
-    the instance it fills is built by `build_message` and then dropped: no save, no
-    audit event, no digest frozen. `preview_recipient` picks whom it is for (see
-    `review.preview_recipient`).
+    by the same form that saves it, so a template it would refuse on save is refused
+    here with the same message (line and column). The instance it fills is built by
+    `build_message` and then dropped: no save, no audit event, no digest frozen.
+    `preview_recipient` picks whom it is for (see `review.preview_recipient`).
 
     Answers JSON (the rendered panel and the errors by field) to preview.js, which asks
     for it; otherwise a page of its own, which is what the Preview button, a submit
@@ -396,7 +395,7 @@ def compose_preview(
     form = form_class(request.POST, instance=draft)
     form.is_valid()
     errors: list[tuple[str, str, str]] = [
-        (name, str(form.fields[name].label) if name in form.fields else "", str(message))
+        (name, str(form.fields[name].label) if name in form.fields else "Form", str(message))
         for name, messages_ in form.errors.items()
         if name not in _NOT_IN_THE_MESSAGE
         for message in messages_

@@ -40,7 +40,10 @@
       headers: {"Accept": "application/json"},
     })
       .then(r => (r.headers.get("content-type") || "").includes("json")
-        ? r.json() : Promise.reject(new Error("the server answered " + r.status)))
+        ? r.json()
+        // A sign-in page after a redirect: the session has ended.
+        : Promise.reject(new Error(r.redirected ? "sign in again, then retry"
+                                                : "the server answered " + r.status)))
       .then(d => {
         if (mine !== latest) return;  // an older answer after a newer request
         panel.innerHTML = d.html;
