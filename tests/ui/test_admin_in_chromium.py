@@ -376,6 +376,15 @@ def test_olivia_composes_with_the_preview_and_submits(browser_page: BrowserPage)
     expect(page.locator("#compose-preview")).to_be_visible()
     browser_page.screenshot("draft")
 
+    # A placeholder that does not exist: the preview says where, at the field.
+    page.locator("#id_subject_template").fill("Platform news for you, {{ frist_name }}")
+    with page.expect_response(lambda r: "/compose-preview/" in r.url):
+        page.locator("#cs-preview-button").click()
+    error = page.locator(".field-subject_template ul.cs-preview-field-errors")
+    expect(error).to_contain_text("line 1, column 27")  # where the name starts
+    expect(page.locator("#cs-preview-errors")).to_contain_text("frist_name")
+    browser_page.screenshot("preview-refuses-a-placeholder")
+
     subject = 'Platform news for you, {{ first_name|default:"there" }}'
     page.locator("#id_subject_template").fill(subject)
     body = page.locator("#id_text_template")
@@ -386,6 +395,7 @@ def test_olivia_composes_with_the_preview_and_submits(browser_page: BrowserPage)
     with page.expect_response(lambda r: "/compose-preview/" in r.url) as answer:
         page.locator("#cs-preview-button").click()
     assert answer.value.ok
+    expect(error).to_have_count(0)
     result = page.locator("#cs-preview-result .cs-preview")
     expect(result).to_have_attribute("data-address", member.email)
     expect(page.locator("#cs-preview-subject")).to_have_text(
