@@ -1,4 +1,5 @@
-"""Benchmark of the dashboard's reads at a million deliveries: the campaign page and progress.
+"""Benchmark of the dashboard's reads at a million deliveries: the campaign page, progress
+and the per-recipient table's address search.
 
     DATABASE_URL=postgres://countersign@127.0.0.1:5432/countersign_dash \\
         .venv/bin/python bench/dashboard.py [--deliveries 1000000] [--seconds 15] [--clients 1,2,4]
@@ -14,6 +15,11 @@ p50/p95/p99 per URL, against two baselines measured in the same run:
 
 - /healthz through the same server: the floor that HTTP, gunicorn and Django add;
 - the GROUP BY status over the ledger (what the page ran before the counters), in process.
+
+The recipient table is searched without an "@" (a substring of the address) for a rare
+term (one address, the last one inserted, so an id-ordered walk reads the whole campaign
+before finding it), a common one (every address), one that matches nothing, and a whole
+address (a search with an "@").
 
 It also prints each page's service time in process (Django's test client, one request
 at a time, no HTTP): what a request costs the server before any queueing for a core.
@@ -141,6 +147,24 @@ def ensure_campaign(size: int) -> int:
     return campaign.pk
 
 
+# Search terms for the per-recipient table (addresses are bench-<n>@example.org).
+SEARCHES = (
+    ("recipients, rare search", "999999"),
+    ("recipients, common search", "example"),
+    ("recipients, search with no match", "nobody"),
+    ("recipients, exact address", "bench-500000@example.org"),
+)
+
+
+def search_paths(campaign_id: int) -> list[tuple[str, str]]:
+    from urllib.parse import urlencode
+
+    from django.urls import reverse
+
+    base = reverse("admin:campaigns_campaign_deliveries", args=[campaign_id])
+    return [(label, f"{base}?{urlencode({'q': term})}") for label, term in SEARCHES]
+
+
 def session_cookie(username: str) -> str:
     from django.conf import settings
     from django.test import Client
@@ -237,7 +261,9 @@ def writer(campaign_id: int, stop: threading.Event, moved: list[int]) -> None:
             time.sleep(0.01)
 
 
-def service_times(campaign_id: int, requests: int) -> list[tuple[str, list[float]]]:
+def service_times(
+    campaign_id: int, requests: int, *, search_requests: int, search_only: bool
+) -> list[tuple[str, list[float]]]:
     from django.test import Client
     from django.urls import reverse
 
@@ -246,14 +272,19 @@ def service_times(campaign_id: int, requests: int) -> list[tuple[str, list[float
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(User.objects.get(username="bench-rita"))
     results = []
-    for label, name in (
-        ("progress endpoint", "admin:campaigns_campaign_progress"),
-        ("campaign page", "admin:campaigns_campaign_change"),
-    ):
-        path = reverse(name, args=[campaign_id])
+    pages = [
+        (label, reverse(name, args=[campaign_id]), requests)
+        for label, name in (
+            ("progress endpoint", "admin:campaigns_campaign_progress"),
+            ("campaign page", "admin:campaigns_campaign_change"),
+        )
+    ]
+    # Fewer searches: before the index a rare term costs a scan of the ledger each.
+    searches = [(label, path, search_requests) for label, path in search_paths(campaign_id)]
+    for label, path, count in searches if search_only else pages + searches:
         client.get(path)
         times = []
-        for _ in range(requests):
+        for _ in range(count):
             t0 = time.perf_counter()
             response = client.get(path)
             times.append((time.perf_counter() - t0) * 1000)
@@ -272,6 +303,11 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", default="1,2,4")
+    parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="only the recipient-table searches (and the /healthz baseline)",
+    )
     args = parser.parse_args()
     prepare_environment()
 
@@ -296,7 +332,9 @@ def main() -> None:
         scans.append((time.perf_counter() - t0) * 1000)
     # Service time without HTTP, gunicorn or client contention: the Django test client,
     # one request at a time (what each request costs the server, before any queueing).
-    in_process = service_times(campaign_id, requests=200)
+    in_process = service_times(
+        campaign_id, requests=200, search_requests=20, search_only=args.search_only
+    )
     connection.close()
 
     port = free_port()
@@ -318,6 +356,9 @@ def main() -> None:
             ("home page", reverse("admin:index")),
             ("campaign list", reverse("admin:campaigns_campaign_changelist")),
         ]
+        if args.search_only:
+            urls = urls[:1]
+        urls += search_paths(campaign_id)
         for clients in levels:
             for label, path in urls:
                 drive(port, path, cookie, 2.0, clients)  # warm-up
@@ -333,15 +374,15 @@ def main() -> None:
         f"{args.seconds:.0f} s per URL and client count; gunicorn with 2 sync workers on "
         f"{os.cpu_count()} cores; a writer moved {moved[0]:,} deliveries to sent meanwhile\n"
     )
-    print(f"{'clients':>7}  {'what':<34} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    print(f"{'clients':>7}  {'what':<48} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
     for clients, label, values in rows:
         p50, p95, p99 = percentiles(values)
-        print(f"{clients:>7}  {label:<34} {len(values):>8} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
+        print(f"{clients:>7}  {label:<48} {len(values):>8} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
     for label, values in in_process:
         p50, p95, p99 = percentiles(values)
-        print(f"{'-':>7}  {label:<34} {len(values):>8} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
+        print(f"{'-':>7}  {label:<48} {len(values):>8} {p50:>8.1f} {p95:>8.1f} {p99:>8.1f}")
     print(
-        f"{'':>7}  {'GROUP BY over the ledger (before)':<34} {len(scans):>8} "
+        f"{'':>7}  {'GROUP BY over the ledger (before)':<48} {len(scans):>8} "
         f"{statistics.median(scans):>8.1f} {max(scans):>8.1f} {'':>8}  (in process, no HTTP)"
     )
 

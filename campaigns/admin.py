@@ -11,13 +11,16 @@ from functools import update_wrapper
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
 from accounts.models import User
 from accounts.role_admin import ReadOnlyAdmin, RoleAdmin, has_role
@@ -356,8 +359,30 @@ class CampaignAdmin(RoleAdmin):
                 request, pk, delivery_id, self.admin_site.each_context(request)
             )
 
+        @require_POST
+        def compose_preview(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+            # Whoever may edit this campaign (or add one) may preview it while composing:
+            # the admin's own permission, the one that lets the form be saved.
+            campaign = None
+            if pk is not None:
+                campaign = get_object_or_404(
+                    Campaign.objects.select_related("sender", "author"), pk=pk
+                )
+                allowed = self.has_change_permission(request, campaign)
+            else:
+                allowed = self.has_add_permission(request)
+            if not allowed:
+                raise PermissionDenied("Only those who may edit a campaign preview it here.")
+            # The compose page's own form class (admin widgets: a date is two fields).
+            form_class = self.get_form(request, campaign, change=campaign is not None)
+            return views.compose_preview(
+                request, campaign, form_class, self.admin_site.each_context(request)
+            )
+
         name = "campaigns_campaign_"
         custom = [
+            path("compose-preview/", wrap(compose_preview), name=name + "compose_preview"),
+            path("<int:pk>/compose-preview/", wrap(compose_preview), name=name + "compose_preview"),
             path("<int:pk>/deliveries/", wrap(deliveries), name=name + "deliveries"),
             path(
                 "<int:pk>/deliveries/<int:delivery_id>/",

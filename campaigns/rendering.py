@@ -60,7 +60,7 @@ from .templating import (
     sanitize_html,
     validate_html_body,
 )
-from .tokens import make_unsubscribe_token, unsubscribe_url
+from .tokens import make_unsubscribe_token, test_unsubscribe_url, unsubscribe_url
 
 
 class BuildError(ValueError):
@@ -172,6 +172,19 @@ def recipient_for_delivery(delivery: Delivery) -> Recipient:
         data=data,
         delivery_id=delivery.pk,
         user_id=delivery.user_id,
+    )
+
+
+def recipient_for_member(user: User) -> Recipient:
+    """An audience member before their delivery exists (the compose preview): the values
+    submission would freeze for them, and no delivery id."""
+    data = recipient_data_for_user(user)
+    return Recipient(
+        address=user.email,
+        display_name=_display_name(data),
+        data=data,
+        delivery_id=None,
+        user_id=user.pk,
     )
 
 
@@ -462,9 +475,14 @@ def _html_document(fragment: str) -> str:
 
 
 def build_message(
-    campaign: Campaign, recipient: Recipient, *, send_time: datetime
+    campaign: Campaign, recipient: Recipient, *, send_time: datetime, test: bool = False
 ) -> CampaignMessage:
     """Build the one message for one recipient of `campaign`, as it will be sent.
+
+    `test`: a test send. The unsubscribe link (body and List-Unsubscribe) then leads to
+    a page that unsubscribes nobody, instead of carrying a signed token: a staff member
+    clicking it in their inbox, or their mail client's one-click POST, must not act.
+    Everything else is the real message.
 
     Raises one of MESSAGE_ERRORS when it cannot: an unknown or forbidden placeholder,
     a recipient without a required value, a control character in a rendered header,
@@ -498,12 +516,16 @@ def build_message(
     url = ""
     list_unsubscribe = ""
     if campaign.is_announcement:
-        token = make_unsubscribe_token(
-            address=recipient.address,
-            campaign_id=campaign.pk,
-            issued_at=_unsubscribe_issued_at(campaign),
-        )
-        url = unsubscribe_url(token)
+        if test:
+            # No signed token anywhere in a test message: the mailto subject gets a word.
+            token, url = "test-message", test_unsubscribe_url()
+        else:
+            token = make_unsubscribe_token(
+                address=recipient.address,
+                campaign_id=campaign.pk,
+                issued_at=_unsubscribe_issued_at(campaign),
+            )
+            url = unsubscribe_url(token)
         values["unsubscribe_url"] = url
         list_unsubscribe = _list_unsubscribe(url, token)
 

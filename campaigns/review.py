@@ -10,6 +10,7 @@ import difflib
 import email
 import email.policy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
@@ -17,9 +18,13 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
+from django.db.models.functions import Lower
 
+from accounts.models import User
+from accounts.validators import normalize_address, single_address_error
 from audit.models import AuditEvent
 
+from .audience import audience_queryset, iter_audience, parse_address_list
 from .guard.layers import preflight
 from .guard.provider import provider_payload_preview
 from .guard.vocabulary import GuardViolation
@@ -27,12 +32,16 @@ from .models import Approval, Campaign, Delivery
 from .rendering import (
     MESSAGE_ERRORS,
     CampaignMessage,
+    Recipient,
     build_message,
     campaign_placeholders,
     preview_time,
     recipient_for_delivery,
+    recipient_for_member,
+    recipient_for_test,
     render_eml,
 )
+from .suppressions import is_suppressed
 from .templating import compile_template
 
 RANDOM_SAMPLES = 3
@@ -40,9 +49,9 @@ UNSUBSCRIBE_TOKEN = re.compile(r"/u/[A-Za-z0-9_:.=-]+/")
 
 
 @dataclass
-class Sample:
-    label: str
-    delivery: Delivery
+class RenderedMessage:
+    """One built message as the screens show it (review samples, the compose preview)."""
+
     eml: str = ""
     # (name, value exactly as serialized, value as a mail client shows it)
     headers: list[tuple[str, str, str]] = field(default_factory=list)
@@ -53,6 +62,14 @@ class Sample:
     violations: list[str] = field(default_factory=list)
     message: CampaignMessage | None = None
     to_count: int = 0
+
+
+@dataclass(kw_only=True)
+class Sample(RenderedMessage):
+    """A message of the frozen audience, for the review screen."""
+
+    label: str
+    delivery: Delivery
 
 
 @dataclass
@@ -123,6 +140,13 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
     except MESSAGE_ERRORS as exc:
         sample.error = f"This recipient would fail: {exc}"
         return sample
+    _describe(sample, message)
+    return sample
+
+
+def _describe(sample: RenderedMessage, message: CampaignMessage) -> None:
+    """Fill `sample` with what the screens show of `message`: its bytes, each header raw
+    and decoded, both parts, and what the guard's pre-flight says."""
     sample.message = message
     raw = render_eml(message)
     sample.eml = raw.decode("utf-8", errors="replace")
@@ -145,7 +169,6 @@ def _render_sample(campaign: Campaign, label: str, delivery: Delivery) -> Sample
         sample.payload = provider_payload_preview(message)
     except GuardViolation as exc:
         sample.violations.append(f"{exc.layer}: {exc.reason}")
-    return sample
 
 
 def decoded_header(value: str) -> str:
@@ -159,6 +182,111 @@ def decoded_header(value: str) -> str:
 def render_for(campaign: Campaign, delivery: Delivery, label: str) -> Sample:
     """One more sample, for a recipient the reviewer chose by address."""
     return _render_sample(campaign, label, delivery)
+
+
+# --- The compose preview: the message of a campaign not yet saved ------------------------
+
+
+class PreviewRefused(ValueError):
+    """The composer asked to preview the message of someone the preview may not show."""
+
+
+@dataclass
+class ComposePreview:
+    address: str
+    # How the recipient was chosen, shown beside the address.
+    chosen: str
+    rendering: RenderedMessage
+
+
+def _member(row: Mapping[str, Any]) -> User:
+    # What submission freezes for an audience row (audience._freeze_row_by_row).
+    return User(
+        pk=row["id"],
+        email=row["email"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        locale=row["locale"],
+        attributes=row["attributes"] or {},
+    )
+
+
+def _audience_member(campaign: Campaign, address: str) -> User | None:
+    """`address` if it belongs to the campaign's audience as its filters now say (the same
+    rules as `iter_audience`, looked up by address instead of walking the audience)."""
+    wanted = normalize_address(address)
+    if campaign.audience_addresses.strip():
+        if wanted not in set(parse_address_list(campaign.audience_addresses)[0]):
+            return None
+    member = (
+        audience_queryset(campaign)
+        .annotate(_address=Lower("email"))
+        .filter(_address=wanted)
+        .only("id", "email", "first_name", "last_name", "locale", "attributes")
+        .first()
+    )
+    if member is None or single_address_error(member.email) is not None:
+        return None
+    return member
+
+
+def preview_recipient(campaign: Campaign, *, by: User, address: str) -> tuple[Recipient, str]:
+    """Whom the compose preview is for, and how they were chosen.
+
+    No address: the first recipient of the audience as the form now defines it, or the
+    composer's own data when that audience is empty. An address: a member of that
+    audience (not suppressed), or one of the composer's seed addresses with their own
+    data, as a test send renders it. Nobody else: the preview must not become a way to
+    read any account's values through a template.
+    """
+    address = address.strip()
+    seeds = by.seed_address_list()
+    if not address:
+        first: Mapping[str, Any] | None = None
+        # Stops at the first row; the generator, dropped, closes its cursor.
+        for row in iter_audience(campaign):
+            first = row
+            break
+        if first is None:
+            return (
+                recipient_for_test(campaign, by, seeds[0]),
+                "you: the audience is empty",
+            )
+        return recipient_for_member(_member(first)), "the first recipient of the audience"
+    problem = single_address_error(address)
+    if problem is not None:
+        raise PreviewRefused(f"{address} {problem}.")
+    if normalize_address(address) in {normalize_address(seed) for seed in seeds}:
+        return recipient_for_test(campaign, by, address), "you: one of your seed addresses"
+    member = _audience_member(campaign, address)
+    if member is None:
+        raise PreviewRefused(
+            f"{address} is neither in this campaign's audience (as the form now defines it) "
+            "nor one of your seed addresses."
+        )
+    if is_suppressed(member.email, campaign.category):
+        raise PreviewRefused(
+            f"{address} is suppressed (unsubscribed, bounced or blocked): "
+            "this campaign will not be sent to them."
+        )
+    return recipient_for_member(member), "a member of the audience"
+
+
+def build_preview(campaign: Campaign, *, by: User, address: str) -> ComposePreview:
+    """The message `campaign` (saved or not, never saved here) gives one recipient.
+
+    Built by `build_message`, the sender's own builder, at the preview time the review
+    screen uses. Raises PreviewRefused for a recipient the preview may not show.
+    """
+    recipient, chosen = preview_recipient(campaign, by=by, address=address)
+    rendering = RenderedMessage()
+    try:
+        message = build_message(campaign, recipient, send_time=preview_time(campaign))
+    except MESSAGE_ERRORS as exc:
+        rendering.error = f"This recipient would fail: {exc}"
+    else:
+        _describe(rendering, message)
+    return ComposePreview(address=recipient.address, chosen=chosen, rendering=rendering)
 
 
 def count_missing_values(campaign: Campaign) -> dict[str, int]:

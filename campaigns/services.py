@@ -212,7 +212,7 @@ def send_test(campaign: Campaign, *, by: User) -> TestSendResult:
     result = TestSendResult()
     now = timezone.now()
     messages = [
-        build_message(campaign, recipient_for_test(campaign, by, address), send_time=now)
+        build_message(campaign, recipient_for_test(campaign, by, address), send_time=now, test=True)
         for address in seeds
     ]
     for message in messages:

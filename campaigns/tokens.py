@@ -86,3 +86,9 @@ def unsubscribe_url(token: str) -> str:
     """The absolute one-click URL for a token (the same URL goes into List-Unsubscribe)."""
     path = reverse("campaigns:unsubscribe", kwargs={"token": token})
     return f"{settings.PUBLIC_BASE_URL}{path}"
+
+
+def test_unsubscribe_url() -> str:
+    """Where a test send's unsubscribe link leads: a page that says it was a test and
+    unsubscribes nobody, for a GET or a one-click POST alike. It carries no token."""
+    return f"{settings.PUBLIC_BASE_URL}{reverse('campaigns:unsubscribe_test')}"

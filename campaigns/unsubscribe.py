@@ -77,3 +77,13 @@ def unsubscribe(request: HttpRequest, token: str) -> HttpResponse:
         "campaigns/unsubscribe_confirm.html",
         {"address": unsubscribe_request.address},
     )
+
+
+@csrf_exempt
+@never_cache
+@require_http_methods(["GET", "HEAD", "POST"])
+def unsubscribe_test(request: HttpRequest) -> HttpResponse:
+    """The unsubscribe link of a test send: says so and changes nothing, whatever the
+    method. CSRF-exempt like the real endpoint, because a mail client's one-click POST
+    comes without a token; there is nothing here for a forged request to do."""
+    return render(request, "campaigns/unsubscribe_test.html")

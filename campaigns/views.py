@@ -18,6 +18,8 @@ from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
+from django.db.models.functions import Lower
+from django.forms import ModelForm
 from django.http import (
     FileResponse,
     Http404,
@@ -29,8 +31,10 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
@@ -53,7 +57,7 @@ from .rendering import (
     recipient_for_delivery,
     render_eml,
 )
-from .review import build_review, render_for, since_last_review
+from .review import PreviewRefused, build_preview, build_review, render_for, since_last_review
 
 
 def _user(request: HttpRequest) -> User:
@@ -140,7 +144,7 @@ def review(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpR
     query = request.GET.get("q", "").strip()
     recipients = Delivery.objects.filter(campaign=campaign).order_by("id")
     if query:
-        recipients = recipients.filter(address__icontains=query)
+        recipients = address_search(recipients, query, exact=False)
     page_number = request.GET.get("page", "1")
     page = _recipients_page(recipients, page_number)
     # Why this person may not decide (shown in place of the buttons), None if they may.
@@ -300,6 +304,31 @@ def preview_eml(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse
     return response
 
 
+def preview_csp(*, remote_images: bool = False) -> str:
+    """The policy of a sandboxed HTML part: no script, plugin, form or fetch of any kind;
+    images inline only, unless the reviewer asked for remote ones."""
+    images = "https: data:" if remote_images else "data:"
+    return (
+        f"default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
+        "form-action 'none'; base-uri 'none'"
+    )
+
+
+def sandboxed_document(html: str) -> str:
+    """An HTML part for an iframe's `srcdoc`, carrying the preview CSP in a meta tag.
+
+    A srcdoc document has no response headers of its own (it inherits the page's policy,
+    which allows our own images and styles): the meta tag narrows it to `preview_csp`,
+    placed first in <head> so it governs everything the part loads.
+    """
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{preview_csp()}">'
+    head = html.find("<head>")
+    if head == -1:
+        return meta + html
+    at = head + len("<head>")
+    return html[:at] + meta + html[at:]
+
+
 @require_GET
 def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpResponse:
     """The HTML part alone, for the review page's sandboxed iframe.
@@ -319,16 +348,93 @@ def preview_html(request: HttpRequest, pk: int, delivery_id: int) -> HttpRespons
     if part is None:
         raise Http404("This message has no HTML part.")
     response = HttpResponse(part.get_content(), content_type="text/html; charset=utf-8")
-    images = "https: data:" if request.GET.get("remote_images") == "1" else "data:"
+    remote_images = request.GET.get("remote_images") == "1"
     response["Content-Security-Policy"] = (
-        f"sandbox; default-src 'none'; img-src {images}; style-src 'unsafe-inline'; "
-        "form-action 'none'; frame-ancestors 'self'; base-uri 'none'"
+        f"sandbox; {preview_csp(remote_images=remote_images)}; frame-ancestors 'self'"
     )
     # The review page (same origin) frames this; X-Frame-Options DENY elsewhere stays.
     response["X-Frame-Options"] = "SAMEORIGIN"
     response["Referrer-Policy"] = "no-referrer"
     response["Cache-Control"] = "no-store"
     return response
+
+
+# A campaign not saved yet has no number: the preview builds it as campaign 0, which no
+# saved campaign has (ids start at 1) and no unsubscribe token accepts.
+UNSAVED_CAMPAIGN_PK = 0
+# The name never reaches a message: a preview need not wait for one.
+_NOT_IN_THE_MESSAGE = frozenset({"name"})
+
+
+@require_POST
+def compose_preview(
+    request: HttpRequest,
+    campaign: Campaign | None,
+    form_class: type[ModelForm[Campaign]],
+    site_context: dict[str, Any],
+) -> HttpResponse:
+    """The compose form's current content, rendered for one recipient, never saved.
+
+    The caller (the admin) has checked that this user may edit `campaign` (or add one,
+    when it is None), and passes the compose page's form class: the posted form is read
+    by the same form that saves it, so a template it would refuse on save is refused
+    here with the same message (line and column). The instance it fills is built by
+    `build_message` and then dropped: no save, no audit event, no digest frozen.
+    `preview_recipient` picks whom it is for (see `review.preview_recipient`).
+
+    Answers JSON (the rendered panel and the errors by field) to preview.js, which asks
+    for it; otherwise a page of its own, which is what the Preview button, a submit
+    button of the compose form, gets with scripts off.
+    """
+    user = _user(request)
+    if campaign is None:
+        draft = Campaign(author=user, created_at=timezone.now())
+        draft.pk = UNSAVED_CAMPAIGN_PK
+    else:
+        draft = campaign
+    form = form_class(request.POST, instance=draft)
+    form.is_valid()
+    errors: list[tuple[str, str, str]] = [
+        (name, str(form.fields[name].label) if name in form.fields else "Form", str(message))
+        for name, messages_ in form.errors.items()
+        if name not in _NOT_IN_THE_MESSAGE
+        for message in messages_
+    ]
+    preview = None
+    if not errors:
+        try:
+            preview = build_preview(
+                form.instance, by=user, address=request.POST.get("preview_recipient", "")
+            )
+        except PreviewRefused as refused:
+            errors.append(("preview_recipient", "Recipient", str(refused)))
+    html = preview.rendering.html if preview is not None else None
+    context = {
+        "campaign": campaign,
+        "preview": preview,
+        "errors": errors,
+        "srcdoc": sandboxed_document(html) if html is not None else "",
+        "unsaved_campaign": campaign is None,
+    }
+    if "application/json" in request.headers.get("Accept", ""):
+        by_field: dict[str, list[str]] = {}
+        for name, _, message in errors:
+            by_field.setdefault(name, []).append(message)
+        return JsonResponse(
+            {
+                "ok": preview is not None and not preview.rendering.error,
+                "errors": by_field,
+                "html": render_to_string(
+                    "admin/campaigns/campaign/_compose_preview.html", context, request
+                ),
+            }
+        )
+    title = f"Preview: {campaign.name}" if campaign is not None else "Preview: new campaign"
+    return TemplateResponse(
+        request,
+        "admin/campaigns/campaign/compose_preview.html",
+        {**site_context, **context, "title": title, "opts": Campaign._meta},
+    )
 
 
 @require_GET
@@ -407,14 +513,27 @@ def audience_count(request: HttpRequest) -> JsonResponse:
 DELIVERIES_PER_PAGE = 50
 
 
+def address_search(rows: QuerySet[Delivery], query: str, *, exact: bool) -> QuerySet[Delivery]:
+    """Deliveries whose address is `query` (exact) or contains it, ignoring case.
+
+    Both compare lower(address), the expression the ledger's indexes hold: the unique
+    (campaign, lower(address)) index answers an exact address, and on PostgreSQL the
+    trigram index (migration 0007) a substring. Django's iexact and icontains would
+    compare UPPER(address), which no index holds: a scan of the ledger for a rare term.
+    """
+    rows = rows.alias(address_lower=Lower("address"))
+    if exact:
+        return rows.filter(address_lower=query.lower())
+    return rows.filter(address_lower__contains=query.lower())
+
+
 @require_GET
 def deliveries(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> HttpResponse:
     """Every recipient of a campaign and where their message stands.
 
     Pages by id (`?after=<id>`), never by OFFSET or a COUNT of the ledger, so the last page
-    of a million rows costs what the first does. A search with an @ is an exact address
-    (the (campaign, lower(address)) index); without one it is a substring scan, bounded by
-    the page size.
+    of a million rows costs what the first does. A search with an @ is an exact address,
+    without one a substring (see `address_search`).
     """
     campaign, user = campaign_for(request, pk, "campaigns.view_campaign")
     stage = request.GET.get("stage", "")
@@ -424,11 +543,7 @@ def deliveries(request: HttpRequest, pk: int, site_context: dict[str, Any]) -> H
     if stage in stages:
         rows = rows.filter(status__in=stages[stage])
     if query:
-        rows = (
-            rows.filter(address__iexact=query)
-            if "@" in query
-            else rows.filter(address__icontains=query)
-        )
+        rows = address_search(rows, query, exact="@" in query)
     try:
         after = int(request.GET.get("after", "0"))
     except ValueError:

@@ -144,6 +144,7 @@ class BrowserPage:
 
     def login(self, username: str, password: str = DEMO_PASSWORD) -> None:
         self.goto("/admin/login/")
+        self.assert_no_sideways_scroll()
         self.page.locator("#id_username").fill(username)
         self.page.locator("#id_password").fill(password)
         self.page.locator("#login-form [type=submit]").click()

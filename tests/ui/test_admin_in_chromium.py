@@ -44,6 +44,8 @@ pytestmark = [
 ]
 
 DEMO_USERS = 30
+# As generous as tests.browser's own (imported only as a plugin, for its asserts).
+PAGE_TIMEOUT_MS = 15_000
 
 
 def seed_demo() -> Campaign:
@@ -354,6 +356,118 @@ def test_compose_counts_recipients_live_and_refuses_a_bad_placeholder_with_its_p
     expect(submit).to_be_disabled()
     expect(page.locator("#cs-unsaved")).to_be_visible()
     assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+def test_olivia_composes_with_the_preview_and_submits(browser_page: BrowserPage) -> None:
+    campaign = seed_demo()
+    # Whom she previews: an audience member with a first name, picked on the server's terms.
+    member = (
+        User.objects.filter(is_staff=False, is_active=True)
+        .exclude(first_name="")
+        .order_by("-id")
+        .first()
+    )
+    assert member is not None
+    page = browser_page.page
+    browser_page.login("olivia")
+    browser_page.assert_no_sideways_scroll()  # her home page
+    browser_page.goto(admin_url("change", campaign.pk))
+    expect(page.locator("#campaign-status h2 .cs-badge").first).to_have_text("Draft")
+    expect(page.locator("#compose-preview")).to_be_visible()
+    browser_page.screenshot("draft")
+
+    # A placeholder that does not exist: the preview says where, at the field.
+    page.locator("#id_subject_template").fill("Platform news for you, {{ frist_name }}")
+    with page.expect_response(lambda r: "/compose-preview/" in r.url):
+        page.locator("#cs-preview-button").click()
+    error = page.locator(".field-subject_template ul.cs-preview-field-errors")
+    expect(error).to_contain_text("line 1, column 27")  # where the name starts
+    expect(page.locator("#cs-preview-errors")).to_contain_text("frist_name")
+    browser_page.screenshot("preview-refuses-a-placeholder")
+
+    subject = 'Platform news for you, {{ first_name|default:"there" }}'
+    page.locator("#id_subject_template").fill(subject)
+    body = page.locator("#id_text_template")
+    body.fill('Hello {{ first_name|default:"there" }},\n\nThe new dashboard is live.\n')
+    page.locator("#cs-preview-recipient").fill(member.email)
+    browser_page.screenshot("typed")
+
+    with page.expect_response(lambda r: "/compose-preview/" in r.url) as answer:
+        page.locator("#cs-preview-button").click()
+    assert answer.value.ok
+    expect(error).to_have_count(0)
+    result = page.locator("#cs-preview-result .cs-preview")
+    expect(result).to_have_attribute("data-address", member.email)
+    expect(page.locator("#cs-preview-subject")).to_have_text(
+        f"Platform news for you, {member.first_name}"
+    )
+    expect(result.locator("tr.cs-to-row .cs-one-recipient")).to_have_text("1 recipient")
+    expect(result.locator("pre.cs-text")).to_contain_text(f"Hello {member.first_name},")
+    expect(result.locator("pre.cs-text")).to_contain_text("The new dashboard is live.")
+    frame_element = result.locator("iframe.cs-html")
+    # Empty: no allow-scripts, no allow-same-origin.
+    expect(frame_element).to_have_attribute("sandbox", "")
+    handle = frame_element.element_handle()
+    frame = handle.content_frame() if handle else None
+    assert frame is not None, "the HTML iframe has no document"
+    frame.wait_for_load_state()
+    expect(frame.locator("body")).to_contain_text(f"Hello {member.first_name},")
+    browser_page.screenshot("previewed")
+    browser_page.element_screenshot(page.locator("#compose-preview"), "preview-panel")
+    # A preview saves nothing: the draft still has the seeded subject.
+    assert Campaign.objects.get(pk=campaign.pk).subject_template == campaign.subject_template
+
+    page.get_by_role("button", name="Save and continue editing").click()
+    assert "was changed successfully" in browser_page.success_message()
+    browser_page.assert_no_sideways_scroll()
+    page.get_by_role("button", name="Submit for review").click()
+    assert "Submitted for review" in browser_page.success_message()
+    expect(page.locator("#campaign-status h2 .cs-badge").first).to_have_text("In review")
+    browser_page.screenshot("submitted")
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.IN_REVIEW
+    assert campaign.subject_template == subject
+    assert browser_page.errors == [], "\n".join(browser_page.errors)
+
+
+def test_with_scripts_off_the_preview_button_opens_the_preview_as_a_page(
+    browser_page: BrowserPage,
+) -> None:
+    campaign = seed_demo()
+    # The fixture's page runs scripts; this one, in a context of its own, must not.
+    chromium = browser_page.page.context.browser
+    assert chromium is not None
+    context = chromium.new_context(
+        viewport=browser_page.page.viewport_size, java_script_enabled=False
+    )
+    try:
+        browser = type(browser_page)(
+            page=context.new_page(),
+            base_url=browser_page.base_url,
+            shot_prefix=browser_page.shot_prefix,
+        )
+        page = browser.page
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        browser.login("olivia")
+        browser.assert_no_sideways_scroll()
+        browser.goto(admin_url("change", campaign.pk))
+        browser.assert_no_sideways_scroll()
+        page.locator("#id_subject_template").fill('Scripts off, {{ first_name|default:"there" }}')
+        page.locator("#cs-preview-button").click()
+        expect(page).to_have_url(browser.url(admin_url("compose_preview", campaign.pk)))
+        expect(page.locator("#compose-preview")).to_contain_text("Nothing was saved.")
+        expect(page.locator("#cs-preview-subject")).to_contain_text("Scripts off, ")
+        frame_element = page.locator("#cs-preview-result iframe.cs-html")
+        expect(frame_element).to_have_attribute("sandbox", "")
+        handle = frame_element.element_handle()
+        frame = handle.content_frame() if handle else None
+        assert frame is not None, "the HTML iframe has no document"
+        expect(frame.locator("body")).to_contain_text("what changed on the platform")
+        browser.screenshot("preview-page")
+        browser.element_screenshot(frame_element, "preview-page-html-part")
+        assert Campaign.objects.get(pk=campaign.pk).subject_template == campaign.subject_template
+    finally:
+        context.close()
 
 
 # --- The emergency stop -------------------------------------------------------------------------
