@@ -22,7 +22,7 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.validators import normalize_address, single_address_error
 
-from .digests import audience_hash
+from .digests import AUDIENCE_DATA_SQL, audience_hash
 from .models import Campaign, Delivery
 from .suppressions import suppressed_addresses, suppressed_queryset
 
@@ -156,7 +156,8 @@ def freeze_audience(campaign: Campaign) -> tuple[int, str, AudienceSummary]:
     imported, and the ledger's check constraint refuses any row that is not one bare
     address, so they are not validated again row by row in Python. Should the
     constraint refuse one, the statement is undone and the row-by-row path below skips
-    and counts it instead. The audience hash is then read back in user-id order.
+    and counts it instead. The audience hash is then read back in user-id order, each
+    row's data already in canonical JSON (`_hash_in_database`).
     """
     if connection.vendor == "postgresql" and not campaign.audience_addresses.strip():
         try:
@@ -165,15 +166,28 @@ def freeze_audience(campaign: Campaign) -> tuple[int, str, AudienceSummary]:
         except IntegrityError:
             logger.warning("campaign %s: an address failed the ledger's check", campaign.pk)
         else:
-            rows = (
-                Delivery.objects.filter(campaign=campaign)
-                .order_by("user_id")
-                .values_list("user_id", "address", "recipient_data")
-                .iterator(chunk_size=MATERIALIZE_CHUNK * 5)
-            )
-            digest = audience_hash((u, a, d) for u, a, d in rows if u is not None)
-            return summary.recipients, digest, summary
+            return summary.recipients, _hash_in_database(campaign), summary
     return _freeze_row_by_row(campaign)
+
+
+def _hash_in_database(campaign: Campaign) -> str:
+    """PostgreSQL: the audience hash of the frozen rows, their data's canonical JSON made
+    by the database (`AUDIENCE_DATA_SQL`), streamed in user-id order."""
+    quote = connection.ops.quote_name
+    sql = (
+        f"SELECT d.{quote('user_id')}, d.{quote('address')}, {AUDIENCE_DATA_SQL} "
+        f"FROM {quote(Delivery._meta.db_table)} AS d "
+        f"WHERE d.{quote('campaign_id')} = %s AND d.{quote('user_id')} IS NOT NULL "
+        f"ORDER BY d.{quote('user_id')}"
+    )
+
+    def rows() -> Iterator[tuple[int, str, str]]:
+        with connection.chunked_cursor() as cursor:
+            cursor.execute(sql, [campaign.pk])
+            while batch := cursor.fetchmany(MATERIALIZE_CHUNK * 5):
+                yield from batch
+
+    return audience_hash(rows())
 
 
 def _insert_select(campaign: Campaign) -> AudienceSummary:

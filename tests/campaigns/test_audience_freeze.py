@@ -3,13 +3,18 @@ row-by-row path (on PostgreSQL they differ in how, never in what)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 
 import pytest
+from django.db import connection
 
 from accounts.models import User
+from campaigns import audience
 from campaigns.audience import _freeze_row_by_row, freeze_audience
-from campaigns.models import Delivery, Suppression
+from campaigns.digests import AUDIENCE_HASH_START
+from campaigns.models import Campaign, Delivery, Suppression
 from campaigns.suppressions import add_suppression
 from tests.factories import make_campaign
 
@@ -52,3 +57,49 @@ def test_freezing_in_one_statement_matches_the_row_by_row_path(
     assert by_address["first@example.org"]["first_name"] == "Real"  # type: ignore[index]
     assert "odd@example.org" in by_address
     assert Delivery.objects.filter(campaign=fast, status="pending").count() == 4
+
+
+AWKWARD = {
+    "a": "Zoë 山田 太郎 🙂",
+    "bb": 'say "hi" \\ back/slash',
+    "B": "tab\there, two\nlines, \x01 and \x1f",
+    "é": "del \x7f, line separator \u2028, é vs e\u0301",
+    "Z": "",
+    "zz": "<b>&amp;</b>",
+    "ä": "{}[]:,",
+}
+
+
+def test_the_database_writes_the_hashed_data_exactly_as_python_does(
+    olivia: User, make_member: Callable[..., User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL the frozen rows' data is written in canonical JSON by the database
+    # and hashed as text; on SQLite both paths hash in Python. Either way: one hash.
+    make_member("awk@example.org", first_name='Jane "JJ"', attributes=AWKWARD)
+    make_member("Mixed.Case@Example.org", first_name="Ünïcode", attributes={"k": "\\u0041"})
+    hashed_in_database: list[int] = []
+    real = audience._hash_in_database
+
+    def spy(campaign: Campaign) -> str:
+        hashed_in_database.append(campaign.pk)
+        return real(campaign)
+
+    monkeypatch.setattr(audience, "_hash_in_database", spy)
+    fast, slow = make_campaign(olivia), make_campaign(olivia, name="Same audience")
+    count, digest, _ = freeze_audience(fast)
+    slow_count, slow_digest, _ = _freeze_row_by_row(slow)
+    assert (count, digest) == (slow_count, slow_digest) == (2, digest)
+    assert hashed_in_database == ([fast.pk] if connection.vendor == "postgresql" else [])
+    # And the hash is the documented one: canonical JSON lines, recomputed here.
+    expected = hashlib.sha256(AUDIENCE_HASH_START)
+    for user_id, address, data in _rows(fast.pk):
+        expected.update(
+            json.dumps(
+                [user_id, address.lower(), data],
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ).encode()
+            + b"\n"
+        )
+    assert digest == expected.hexdigest()
