@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
-from playwright.sync_api import Route, expect
+from playwright.sync_api import Frame, Locator, Route, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from accounts.models import User
@@ -137,6 +137,16 @@ def submit_and_approve_in_browser(browser: BrowserPage, campaign: Campaign) -> N
     assert campaign.approved_by == User.objects.get(username="rita")
 
 
+def sandboxed_html(frame_element: Locator) -> Frame:
+    """The document of a sandboxed HTML part: no allow-scripts, no allow-same-origin."""
+    expect(frame_element).to_have_attribute("sandbox", "")
+    handle = frame_element.element_handle()
+    frame = handle.content_frame() if handle else None
+    assert frame is not None, "the HTML iframe has no document"
+    frame.wait_for_load_state()
+    return frame
+
+
 def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
     """Each sample, switched to by its tab: "1 recipient", its headers, text and sandboxed HTML."""
     page = browser.page
@@ -163,12 +173,7 @@ def check_samples(browser: BrowserPage, campaign: Campaign) -> None:
         assert recipients[0] == sample.get_attribute("data-address")
         expect(sample.locator("pre.cs-text")).to_contain_text("what changed on the platform")
 
-        frame_element = sample.locator("iframe.cs-html")
-        expect(frame_element).to_have_attribute("sandbox", "")
-        handle = frame_element.element_handle()
-        frame = handle.content_frame() if handle else None
-        assert frame is not None, "the HTML iframe has no document"
-        frame.wait_for_load_state()
+        frame = sandboxed_html(sample.locator("iframe.cs-html"))
         expect(frame.locator("body")).to_contain_text("what changed on the platform")
         browser.screenshot(f"rita-review-sample-{index + 1}")
 
@@ -404,13 +409,7 @@ def test_olivia_composes_with_the_preview_and_submits(browser_page: BrowserPage)
     expect(result.locator("tr.cs-to-row .cs-one-recipient")).to_have_text("1 recipient")
     expect(result.locator("pre.cs-text")).to_contain_text(f"Hello {member.first_name},")
     expect(result.locator("pre.cs-text")).to_contain_text("The new dashboard is live.")
-    frame_element = result.locator("iframe.cs-html")
-    # Empty: no allow-scripts, no allow-same-origin.
-    expect(frame_element).to_have_attribute("sandbox", "")
-    handle = frame_element.element_handle()
-    frame = handle.content_frame() if handle else None
-    assert frame is not None, "the HTML iframe has no document"
-    frame.wait_for_load_state()
+    frame = sandboxed_html(result.locator("iframe.cs-html"))
     expect(frame.locator("body")).to_contain_text(f"Hello {member.first_name},")
     browser_page.screenshot("previewed")
     browser_page.element_screenshot(page.locator("#compose-preview"), "preview-panel")
@@ -458,10 +457,7 @@ def test_with_scripts_off_the_preview_button_opens_the_preview_as_a_page(
         expect(page.locator("#compose-preview")).to_contain_text("Nothing was saved.")
         expect(page.locator("#cs-preview-subject")).to_contain_text("Scripts off, ")
         frame_element = page.locator("#cs-preview-result iframe.cs-html")
-        expect(frame_element).to_have_attribute("sandbox", "")
-        handle = frame_element.element_handle()
-        frame = handle.content_frame() if handle else None
-        assert frame is not None, "the HTML iframe has no document"
+        frame = sandboxed_html(frame_element)
         expect(frame.locator("body")).to_contain_text("what changed on the platform")
         browser.screenshot("preview-page")
         browser.element_screenshot(frame_element, "preview-page-html-part")
