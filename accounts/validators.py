@@ -99,6 +99,13 @@ def explain_person_text_error(value: str) -> str | None:
     return f"{why} at character {position + 1}"
 
 
+def validate_person_text(value: str) -> None:
+    """Django validator form of `person_text_error`: for a name shown in a header."""
+    why = explain_person_text_error(value)
+    if why is not None:
+        raise ValidationError("%(why)s", code="person_text", params={"why": why})
+
+
 def body_text_error(value: str) -> tuple[int, str] | None:
     """(position, why) if `value` may not be the literal text of a message body.
 

@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from accounts.validators import validate_person_text
 from audit.models import RetainedQuerySet
 
 # A bare address: no separators, quotes, brackets or whitespace of any kind. The project's
@@ -36,7 +37,8 @@ class StaleDigest(TransitionError):
 
 class SenderIdentity(models.Model):
     name = models.CharField(max_length=100, unique=True, help_text="Internal label.")
-    from_name = models.CharField(max_length=100)
+    # The display name in every From: one line of visible text, as a person's name is.
+    from_name = models.CharField(max_length=100, validators=[validate_person_text])
     from_address = models.EmailField()
     reply_to = models.EmailField(blank=True, default="")
     postal_address = models.TextField(

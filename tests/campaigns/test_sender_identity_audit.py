@@ -65,3 +65,20 @@ def test_a_refused_delete_leaves_no_event(root: User, olivia: User) -> None:
     )
     assert SenderIdentity.objects.filter(pk=sender.pk).exists()
     assert not AuditEvent.objects.filter(action="sender_identity.deleted").exists()
+
+
+@pytest.mark.parametrize(
+    ("from_name", "shown"),
+    [("Bank\u202eknaB", "character 5"), ("Billing\nBcc: x", "character 8")],
+)
+def test_a_sender_name_that_is_not_one_line_of_visible_text_is_refused_at_its_field(
+    root: User, from_name: str, shown: str
+) -> None:
+    response = admin_client(root).post(
+        reverse("admin:campaigns_senderidentity_add"), {**FORM, "from_name": from_name}
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert list(errors) == ["from_name"] and shown in errors["from_name"][0]
+    assert not SenderIdentity.objects.filter(name="Billing").exists()
+    assert not AuditEvent.objects.filter(action__startswith="sender").exists()
