@@ -131,6 +131,18 @@ def count_audience(campaign: Campaign) -> AudienceSummary:
     return summary
 
 
+def member_from_row(row: Mapping[str, Any]) -> User:
+    """An `iter_audience` row as the (unsaved) account whose values submission freezes."""
+    return User(
+        pk=row["id"],
+        email=row["email"],
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        locale=row["locale"],
+        attributes=row["attributes"] or {},
+    )
+
+
 def recipient_data_for_user(user: User) -> dict[str, str]:
     """The placeholder values of one person, as frozen into Delivery.recipient_data."""
     data: dict[str, str] = {}
@@ -264,15 +276,7 @@ def _freeze_row_by_row(campaign: Campaign) -> tuple[int, str, AudienceSummary]:
 
     def rows() -> Iterator[tuple[int, str, dict[str, str]]]:
         for row in iter_audience(campaign, summary):
-            data = recipient_data_for_user(
-                User(
-                    email=row["email"],
-                    first_name=row["first_name"],
-                    last_name=row["last_name"],
-                    locale=row["locale"],
-                    attributes=row["attributes"] or {},
-                )
-            )
+            data = recipient_data_for_user(member_from_row(row))
             buffer.append((campaign.pk, row["id"], row["email"], data))
             if len(buffer) >= MATERIALIZE_CHUNK:
                 flush()

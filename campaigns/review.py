@@ -24,7 +24,7 @@ from accounts.models import User
 from accounts.validators import normalize_address, single_address_error
 from audit.models import AuditEvent
 
-from .audience import audience_queryset, iter_audience, parse_address_list
+from .audience import audience_queryset, iter_audience, member_from_row, parse_address_list
 from .guard.layers import preflight
 from .guard.provider import provider_payload_preview
 from .guard.vocabulary import GuardViolation
@@ -199,18 +199,6 @@ class ComposePreview:
     rendering: RenderedMessage
 
 
-def _member(row: Mapping[str, Any]) -> User:
-    # What submission freezes for an audience row (audience._freeze_row_by_row).
-    return User(
-        pk=row["id"],
-        email=row["email"],
-        first_name=row["first_name"],
-        last_name=row["last_name"],
-        locale=row["locale"],
-        attributes=row["attributes"] or {},
-    )
-
-
 def _audience_member(campaign: Campaign, address: str) -> User | None:
     """`address` if it belongs to the campaign's audience as its filters now say (the same
     rules as `iter_audience`, looked up by address instead of walking the audience)."""
@@ -252,7 +240,7 @@ def preview_recipient(campaign: Campaign, *, by: User, address: str) -> tuple[Re
                 recipient_for_test(campaign, by, seeds[0]),
                 "you: the audience is empty",
             )
-        return recipient_for_member(_member(first)), "the first recipient of the audience"
+        return recipient_for_member(member_from_row(first)), "the first recipient of the audience"
     problem = single_address_error(address)
     if problem is not None:
         raise PreviewRefused(f"{address} {problem}.")
