@@ -61,11 +61,14 @@ def prepare_environment() -> None:
     if not url.startswith(("postgres://", "postgresql://")):
         sys.exit("bench/dashboard.py needs DATABASE_URL (or BENCH_DATABASE_URL) naming PostgreSQL")
     os.environ["DATABASE_URL"] = url
+    sys.path.insert(0, str(ROOT))
+    from bench.database import ensure_database
+
+    ensure_database(url)
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ["VAR_DIR"] = str(BENCH_DIR)
     for name, value in SERVER_ENV.items():
         os.environ.setdefault(name, value)
-    sys.path.insert(0, str(ROOT))
 
 
 def ensure_campaign(size: int) -> int:

@@ -84,6 +84,9 @@ def setup_django(settings_module: str = "config.settings") -> None:
         os.environ.setdefault(key, value)
     os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
     sys.path.insert(0, str(ROOT))
+    from bench.database import ensure_database
+
+    ensure_database(os.environ["DATABASE_URL"])
     import django
 
     django.setup()

@@ -48,6 +48,9 @@ def setup() -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     sys.path.insert(0, str(ROOT))
+    from bench.database import ensure_database
+
+    ensure_database(os.environ["DATABASE_URL"])
     import django
 
     django.setup()

@@ -461,9 +461,10 @@ def _announcement_footer(
                 + "<br>".join(html_extra)
                 + "</p>"
             )
-        # The footer is ours, but it passed the sanitizer too: prove it survived.
-        if html_lib.escape(url) not in html or postal not in _flat(html_to_text(html)):
-            raise BuildError("the HTML body lost its unsubscribe link or postal address")
+            # The footer is ours, but it passed the sanitizer too: prove it survived.
+            # (With nothing appended, the checks above already read this very HTML.)
+            if html_lib.escape(url) not in html or postal not in _flat(html_to_text(html)):
+                raise BuildError("the HTML body lost its unsubscribe link or postal address")
     return text, html
 
 

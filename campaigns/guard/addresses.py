@@ -6,6 +6,8 @@ counts as one address only when all of them read the same single address."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import re
 import unicodedata
@@ -26,7 +28,12 @@ from django.core.mail import EmailMessage
 from django.core.mail.message import sanitize_address
 from django.utils.encoding import punycode
 
-from accounts.validators import FORMAT_CHARACTERS, single_address_error
+from accounts.validators import (
+    CONTROL_CHARACTERS,
+    FORMAT_CHARACTERS,
+    PLAIN_ADDR_SPEC,
+    single_address_error,
+)
 
 from .vocabulary import SERIALIZED_RECIPIENT_HEADERS, GuardViolation, address_tokens_in
 
@@ -52,6 +59,43 @@ def sanitized_address(value: object, encoding: str) -> str:
     if error:
         raise ValueError(error)
     return result
+
+
+# The one form the builder writes (rendering.format_address): a bare addr-spec, or plain
+# words or RFC 2047 base64 encoded words, then the addr-spec in angle brackets. Nothing in
+# it is a special any parser could read differently (no quote, comma, semicolon, colon,
+# backslash, parenthesis, second "@" or "<", no q-encoding), so every parser on the way out
+# reads exactly that one addr-spec. `tests/guard/test_one_reading.py` holds each parser to
+# that over hostile and generated values. A value in any other form gets the full reading
+# by every parser.
+_ADDR_SPEC = PLAIN_ADDR_SPEC
+_BASE64_WORD = r"=\?utf-8\?b\?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\?="
+_ENCODED_WORD = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=")
+_PHRASE_WORD = rf"(?:[A-Za-z0-9'-]+|{_BASE64_WORD})"
+CANONICAL_MAILBOX = re.compile(
+    rf"{_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*[ \t]+<(?P<named>{_ADDR_SPEC})>|(?P<bare>{_ADDR_SPEC})",
+    re.ASCII,
+)
+
+
+def canonical_address(value: str) -> str | None:
+    """The addr-spec of `value` if it is in the builder's canonical form, else None."""
+    match = CANONICAL_MAILBOX.fullmatch(value)
+    if match is None:
+        return None
+    named = match.group("named")
+    if named is None:
+        return str(match.group("bare"))
+    # Django decodes the name to re-encode it and refuses one with a line break; a
+    # decoded control character or bad UTF-8 is therefore not the canonical form.
+    for word in _ENCODED_WORD.findall(value[: match.start("named")]):
+        try:
+            text = base64.b64decode(word, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        if CONTROL_CHARACTERS.search(text):
+            return None
+    return str(named)
 
 
 def _parsed_by_every_parser(value: str, encoding: str) -> dict[str, list[str]]:
@@ -81,6 +125,13 @@ def single_address(value: object, *, what: str, encoding: str = "utf-8") -> str:
     """The one bare address in `value`, or a GuardViolation-worthy reason as ValueError."""
     if not isinstance(value, str):
         raise ValueError(f"{what} is not a string: {value!r}")
+    canonical = canonical_address(value)
+    if canonical is not None:
+        # Every parser reads this form as this one address (see CANONICAL_MAILBOX).
+        error = single_address_error(canonical)
+        if error is not None:
+            raise ValueError(f"{what} {value!r}: address {canonical!r} {error}")
+        return canonical
     readings = _parsed_by_every_parser(value, encoding)
     found = {addr for addrs in readings.values() for addr in addrs}
     if any(len(addrs) != 1 for addrs in readings.values()) or len(found) != 1:
@@ -257,6 +308,13 @@ def require_serialized_recipient(
     memo_key = (block, comparable_address(recipient))
     if memo_key in _VERIFIED_BLOCKS:
         return
+    fields = recipient_fields(block)
+    if len(fields) == 1 and fields[0][0].lower() == "to":
+        canonical = canonical_address(fields[0][1])
+        if canonical is not None and same_address(canonical, recipient):
+            # One recipient field, To, in the form every parser reads as this address.
+            _remember_block(memo_key)
+            return
     legacy = _LEGACY_PARSER.parsebytes(block)
     modern = _MODERN_PARSER.parsebytes(block)
     to_headers = legacy.get_all("To") or []
@@ -286,9 +344,40 @@ def require_serialized_recipient(
                 f"expected only {recipient!r}",
                 message=message,
             )
+    _remember_block(memo_key)
+
+
+def _remember_block(memo_key: tuple[bytes, str]) -> None:
     _VERIFIED_BLOCKS[memo_key] = None
     if len(_VERIFIED_BLOCKS) > _VERIFIED_MAX:
         _VERIFIED_BLOCKS.popitem(last=False)
+
+
+_RECIPIENT_FIELD_NAMES = frozenset(name.lower() for name in SERIALIZED_RECIPIENT_HEADERS)
+
+
+def recipient_fields(block: bytes) -> list[tuple[str, str]]:
+    """The recipient fields of a strict header block (see `header_block`), unfolded.
+
+    Split where both standard-library parsers split: a line with a field name starts a
+    field, a line starting with a space or tab continues it. Names and values as they
+    read them (`name: value`, the value without its leading blanks, continuation lines
+    joined without their line breaks); bytes outside ASCII are kept escaped, which no
+    canonical form matches.
+    """
+    fields: list[tuple[str, list[str]]] = []
+    in_recipient_field = False
+    for line in _LINE_END.split(block.rstrip(b"\r\n")):
+        text = line.decode("ascii", "backslashreplace")
+        if text[:1] in (" ", "\t"):
+            if in_recipient_field:
+                fields[-1][1].append(text)
+            continue
+        name, _, value = text.partition(":")
+        in_recipient_field = name.lower() in _RECIPIENT_FIELD_NAMES
+        if in_recipient_field:
+            fields.append((name, [value.lstrip(" \t")]))
+    return [(name, "".join(parts).rstrip(" \t")) for name, parts in fields]
 
 
 # A tag, comment or declaration, stopping at the next "<": linear even on "<a <a <a ...".
@@ -322,4 +411,14 @@ def address_tokens(texts: Iterable[str]) -> set[str]:
 
 
 def addr_specs(values: Iterable[str]) -> set[str]:
-    return {addr.lower() for _name, addr in getaddresses(list(values)) if addr}
+    """The lower-cased addr-specs `getaddresses` reads in `values` (canonical ones directly)."""
+    specs: set[str] = set()
+    others: list[str] = []
+    for value in values:
+        canonical = canonical_address(value)
+        if canonical is not None:
+            specs.add(canonical.lower())
+        else:
+            others.append(value)
+    specs.update(addr.lower() for _name, addr in getaddresses(others) if addr)
+    return specs

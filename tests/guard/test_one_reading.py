@@ -116,3 +116,101 @@ def test_the_remembered_sanitize_address_answers_as_djangos_every_time(value: st
     # The encoding is part of what is remembered.
     if value.startswith("Zoë"):
         assert sanitized_address(value, "iso-8859-1") == sanitize_address(value, "iso-8859-1")
+
+
+# --- The canonical form every parser reads alike ------------------------------------------
+
+HOSTILE_NAMES = [
+    "Smith, John",
+    'Jane "JJ" <eve@evil.example>',
+    "bob@example.net",
+    "=?utf-8?q?x?=",
+    "Zoë\r\nBcc: eve@evil.example",
+    "山田 太郎",
+    "a" * 200,
+]
+
+
+def _canonical_corpus() -> list[str]:
+    from campaigns.rendering import encoded_words, format_address
+
+    values = [format_address(name, ANN) for name in ("Ann", "O'Brien", "Zoë Ünal", *HOSTILE_NAMES)]
+    # Encoded words that decode to separators, brackets and other addresses stay one name.
+    values += [f"{encoded_words(name)} <{ANN}>" for name in HOSTILE_NAMES]
+    values += [ANN, f"Ann\t <{ANN}>", f"Ann  Lee <{ANN}>"]
+    return values
+
+
+def test_every_parser_reads_a_canonical_mailbox_as_its_one_address() -> None:
+    # The guard skips the four parsers for the builder's own form; for every value that
+    # form takes, all four must read exactly that address.
+    taken = 0
+    for value in _canonical_corpus():
+        canonical = addresses.canonical_address(value)
+        if canonical is None:
+            continue
+        taken += 1
+        readings = addresses._parsed_by_every_parser(value, "utf-8")
+        assert all(found == [canonical] for found in readings.values()), (value, readings)
+    assert taken >= len(_canonical_corpus()) - 1
+
+
+def test_an_encoded_name_with_a_line_break_gets_the_full_reading() -> None:
+    # Django decodes the name and refuses a line break in it: not the canonical form, so
+    # the full reading runs, and refuses it.
+    from campaigns.rendering import encoded_words
+
+    name = encoded_words("Zoë\r\nBcc: eve@evil.example")
+    value = f"{name} <{ANN}>"
+    assert addresses.canonical_address(value) is None
+    with pytest.raises(GuardViolation, match="not exactly one address"):
+        require_single_recipient(delivery_message(to=[value]))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"alice@example.net <{ANN}>",
+        f'"Smith, John" <{ANN}>',
+        f"Smith, John <{ANN}>",
+        f"{ANN}, {BOB}",
+        f"Ann <{ANN}>, {BOB}",
+        f"Ann <{ANN}> {BOB}",
+        f"=?utf-8?q?Ann?= <{ANN}>",
+        f"Ann (comment) <{ANN}>",
+        f"<{ANN}>",
+        f"Ann <{ANN}",
+        "Ann <a..b@example.org>",
+        f"Zoë <{ANN}>",
+        f"undisclosed-recipients:; <{ANN}>",
+    ],
+)
+def test_anything_else_is_not_taken_for_canonical(value: str) -> None:
+    # These get the full reading by every parser (and most of them are refused by it).
+    assert addresses.canonical_address(value) is None
+
+
+def test_a_second_recipient_field_in_canonical_form_is_still_found() -> None:
+    # Each field alone is canonical; two recipient fields take the full reading and fail.
+    raw = b"To: Ann <" + ANN.encode() + b">\r\nCC: " + BOB.encode() + b"\r\n\r\nbody\r\n"
+    assert [
+        name
+        for name, _ in addresses.recipient_fields(
+            header_block(raw, message=delivery_message(), layer="x")
+        )
+    ] == ["To", "CC"]
+    with pytest.raises(GuardViolation, match="expected only"):
+        require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
+
+
+def test_a_folded_canonical_to_is_read_unfolded() -> None:
+    from campaigns.rendering import encoded_words
+
+    name = encoded_words("Zoë " * 30)
+    raw = b"To: " + name.replace(" ", "\r\n ").encode() + b"\r\n <" + ANN.encode() + b">\r\n\r\nx"
+    block = header_block(raw, message=delivery_message(), layer="x")
+    ((field, value),) = addresses.recipient_fields(block)
+    assert field == "To" and addresses.canonical_address(value) == ANN
+    require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
+    with pytest.raises(GuardViolation):
+        require_serialized_recipient(raw, BOB, message=delivery_message(), layer="recipients")
