@@ -382,6 +382,8 @@ def recipient_fields(block: bytes) -> list[tuple[str, str]]:
 
 # A tag, comment or declaration, stopping at the next "<": linear even on "<a <a <a ...".
 _MARKUP = re.compile(r"<[^<>]*>")
+# What any step of `shown_variants` can change in ASCII text.
+_TRANSFORMABLE = re.compile(r"[&%<]")
 
 
 def shown_variants(text: str) -> Iterator[str]:
@@ -392,6 +394,10 @@ def shown_variants(text: str) -> Iterator[str]:
     NFKC-normalized (a full-width "＠" is "@") with invisible format characters removed
     (a zero-width space before the "@" is not seen). Each step is linear in the text.
     """
+    if text.isascii() and not _TRANSFORMABLE.search(text):
+        # No entity, %-escape or tag, and NFKC leaves ASCII as it is: one reading.
+        yield text
+        return
     unescaped = html.unescape(text)
     seen: set[str] = set()
     for variant in (text, unescaped, unquote(unescaped), html.unescape(_MARKUP.sub("", text))):

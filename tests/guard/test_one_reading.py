@@ -214,3 +214,33 @@ def test_a_folded_canonical_to_is_read_unfolded() -> None:
     require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
     with pytest.raises(GuardViolation):
         require_serialized_recipient(raw, BOB, message=delivery_message(), layer="recipients")
+
+
+def test_plain_ascii_text_has_one_reading_as_the_full_variants_agree() -> None:
+    # shown_variants takes ASCII text without "&", "%" or "<" as is; every step of the
+    # full reading must leave such text unchanged, or the content layer would miss a form.
+    import html
+    import unicodedata
+    from urllib.parse import unquote
+
+    from accounts.validators import FORMAT_CHARACTERS
+
+    texts = [
+        "Hello Ann, write to bob@example.net or BOB(at)example.net.",
+        "Price: 10 USD; see https://example.com/a?b=c#d > e",
+        "".join(chr(c) for c in range(32, 127) if chr(c) not in "&%<"),
+        "tab\tand\nnewline\r\n",
+    ]
+    for text in texts:
+        unescaped = html.unescape(text)
+        full = {
+            FORMAT_CHARACTERS.sub("", unicodedata.normalize("NFKC", variant))
+            for variant in (text, unescaped, unquote(unescaped), html.unescape(text))
+        }
+        assert full == {text}
+        assert list(addresses.shown_variants(text)) == [text]
+    # With any of the three, or anything outside ASCII, the full reading runs.
+    assert "bob@example.net" in addresses.address_tokens(["bob&#64;example.net"])
+    assert "bob@example.net" in addresses.address_tokens(["bob%40example.net"])
+    assert "bob@example.net" in addresses.address_tokens(["bob<b></b>@example.net"])
+    assert "bob@example.net" in addresses.address_tokens(["bob＠example.net"])
