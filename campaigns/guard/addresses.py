@@ -68,12 +68,12 @@ def sanitized_address(value: object, encoding: str) -> str:
 # reads exactly that one addr-spec. `tests/guard/test_one_reading.py` holds each parser to
 # that over hostile and generated values. A value in any other form gets the full reading
 # by every parser.
-_ADDR_SPEC = PLAIN_ADDR_SPEC
-_BASE64_WORD = r"=\?utf-8\?b\?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\?="
-_ENCODED_WORD = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=")
-_PHRASE_WORD = rf"(?:[A-Za-z0-9'-]+|{_BASE64_WORD})"
+_BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_ENCODED_WORD = re.compile(rf"=\?utf-8\?b\?({_BASE64})\?=", re.ASCII)
+_PHRASE_WORD = rf"(?:[A-Za-z0-9'-]+|=\?utf-8\?b\?{_BASE64}\?=)"
 CANONICAL_MAILBOX = re.compile(
-    rf"{_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*[ \t]+<(?P<named>{_ADDR_SPEC})>|(?P<bare>{_ADDR_SPEC})",
+    rf"{_PHRASE_WORD}(?:[ \t]+{_PHRASE_WORD})*[ \t]+<(?P<named>{PLAIN_ADDR_SPEC})>"
+    rf"|(?P<bare>{PLAIN_ADDR_SPEC})",
     re.ASCII,
 )
 
@@ -125,19 +125,16 @@ def single_address(value: object, *, what: str, encoding: str = "utf-8") -> str:
     """The one bare address in `value`, or a GuardViolation-worthy reason as ValueError."""
     if not isinstance(value, str):
         raise ValueError(f"{what} is not a string: {value!r}")
-    canonical = canonical_address(value)
-    if canonical is not None:
-        # Every parser reads this form as this one address (see CANONICAL_MAILBOX).
-        error = single_address_error(canonical)
-        if error is not None:
-            raise ValueError(f"{what} {value!r}: address {canonical!r} {error}")
-        return canonical
-    readings = _parsed_by_every_parser(value, encoding)
-    found = {addr for addrs in readings.values() for addr in addrs}
-    if any(len(addrs) != 1 for addrs in readings.values()) or len(found) != 1:
-        detail = "; ".join(f"{parser} reads {addrs!r}" for parser, addrs in readings.items())
-        raise ValueError(f"{what} {value!r} is not exactly one address ({detail})")
-    (address,) = found
+    # Every parser reads the canonical form as its one address (see CANONICAL_MAILBOX);
+    # any other form is read by each of them.
+    address = canonical_address(value)
+    if address is None:
+        readings = _parsed_by_every_parser(value, encoding)
+        found = {addr for addrs in readings.values() for addr in addrs}
+        if any(len(addrs) != 1 for addrs in readings.values()) or len(found) != 1:
+            detail = "; ".join(f"{parser} reads {addrs!r}" for parser, addrs in readings.items())
+            raise ValueError(f"{what} {value!r} is not exactly one address ({detail})")
+        (address,) = found
     error = single_address_error(address)
     if error is not None:
         raise ValueError(f"{what} {value!r}: address {address!r} {error}")
