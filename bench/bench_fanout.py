@@ -9,7 +9,9 @@ names), submits and approves one campaign through the services, and measures:
 
 - build: `build_message` alone for every delivery (the floor: rendering and headers);
 - build + guard: the same plus the guard's pre-send checks (`preflight`);
-- build + bytes: `build_message` plus serializing the message to the raw bytes;
+- build + bytes: `build_message` plus serializing the message to the raw bytes, through
+  Django's generator and through the direct writer the guard and the send use (the same
+  bytes, `tests/campaigns/test_wire.py`);
 - send_batch: the real path, batch after batch until the campaign is `sent`: claim,
   suppression check, a token from the shared limiter, build, guard, fenced updates,
   the outbox write.
@@ -116,7 +118,7 @@ def main() -> None:
         from campaigns import worker
         from campaigns.guard.layers import preflight
         from campaigns.models import Campaign, Delivery
-        from campaigns.rendering import build_message, recipient_for_delivery
+        from campaigns.rendering import build_message, recipient_for_delivery, render_eml
 
         settings.DEBUG = False  # no query log growing through the run
         settings.SEND_RATE_PER_SECOND = 1e9
@@ -143,6 +145,11 @@ def main() -> None:
                 message = build_message(campaign, recipient_for_delivery(delivery), send_time=now)
                 message.message().as_bytes(linesep="\r\n")
 
+        def build_and_write() -> None:
+            for delivery in deliveries:
+                message = build_message(campaign, recipient_for_delivery(delivery), send_time=now)
+                render_eml(message)
+
         outbox = workdir / "outbox"
         before = len(list(outbox.glob("*.eml")))
         batches = 0
@@ -155,7 +162,8 @@ def main() -> None:
         rows = [
             timed("build_message", count, build_all),
             timed("build + guard preflight", count, build_and_guard),
-            timed("build + raw bytes", count, build_and_serialize),
+            timed("build + bytes, Django's generator", count, build_and_serialize),
+            timed("build + bytes as sent (direct writer)", count, build_and_write),
             timed(f"send_batch ({args.batch_size}/batch, outbox)", count, send_all),
         ]
         campaign.refresh_from_db()
@@ -170,11 +178,11 @@ def main() -> None:
             f"fan-out, {count} deliveries, {connection.vendor}, limiter: {limiter}, "
             f"{batches} batches, {written} .eml files written"
         )
-        print(f"{'stage':<34} {'msgs':>6} {'seconds':>8} {'msg/s':>8} {'ms/msg':>7}")
+        print(f"{'stage':<38} {'msgs':>6} {'seconds':>8} {'msg/s':>8} {'ms/msg':>7}")
         base = rows[0][2]
         for label, n, seconds in rows:
             print(
-                f"{label:<34} {n:>6} {seconds:>8.2f} {n / seconds:>8.0f} "
+                f"{label:<38} {n:>6} {seconds:>8.2f} {n / seconds:>8.0f} "
                 f"{1000 * seconds / n:>7.2f}   x{seconds / base:.2f}"
             )
     finally:

@@ -24,7 +24,7 @@ from django.utils.module_loading import import_string
 from audit.chain import record_audit
 
 from .guard import layers
-from .guard.addresses import sanitized_address, serialize
+from .guard.addresses import message_bytes, sanitized_address, serialize
 from .guard.provider import is_anymail
 from .guard.vocabulary import GuardViolation
 from .models import Campaign
@@ -43,7 +43,7 @@ class OutboxBackend(BaseEmailBackend):
         self.outbox_dir.mkdir(parents=True, exist_ok=True)
         sent = 0
         for message in email_messages:
-            raw = message.message().as_bytes(linesep="\r\n")
+            raw = message_bytes(message)
             stem = re.sub(
                 r"[^A-Za-z0-9._-]",
                 "_",

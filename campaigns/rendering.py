@@ -32,7 +32,6 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import Message
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import quote
@@ -47,6 +46,7 @@ from accounts.validators import HEADER_CONTROL, person_text_error, single_addres
 
 from .audience import recipient_data_for_user
 from .digests import content_digest
+from .guard.addresses import message_bytes
 from .models import Campaign, Delivery
 from .templating import (
     CompiledTemplate,
@@ -61,6 +61,7 @@ from .templating import (
     validate_html_body,
 )
 from .tokens import make_unsubscribe_token, test_unsubscribe_url, unsubscribe_url
+from .wire import direct_bytes, pinned_boundary
 
 
 class BuildError(ValueError):
@@ -127,11 +128,11 @@ class CampaignMessage(EmailMultiAlternatives):
         msg = super().message()
         # The email package picks random boundaries at serialization time; derive them
         # from the Message-ID instead so the previewed .eml and the sent bytes match.
-        seed = str(self.extra_headers.get("Message-ID", ""))
-        if not seed:
-            raise BuildError("a campaign message needs its Message-ID before serialization")
+        seed = self._boundary_seed()
         contents = [str(self.body)] + [str(alternative[0]) for alternative in self.alternatives]
-        _pin_boundaries(msg, seed=seed, contents=contents)
+        for index, part in enumerate(msg.walk()):
+            if part.is_multipart():
+                part.set_boundary(pinned_boundary(seed, index, contents))
         # `subject` stays the plain rendered text (what HTTP providers expect); only
         # the serialized header gets our encoding. replace_header keeps its position.
         encoded = encode_subject(str(self.subject))
@@ -139,20 +140,24 @@ class CampaignMessage(EmailMultiAlternatives):
             msg.replace_header("Subject", encoded)
         return msg
 
+    def wire_bytes(self) -> bytes:
+        """The message as it leaves: `message().as_bytes(linesep="\\r\\n")`, written
+        directly (`wire.direct_bytes`) when it has the builder's shape."""
+        direct = direct_bytes(
+            self,
+            subject=encode_subject(str(self.subject)),
+            boundary_seed=self._boundary_seed(),
+        )
+        if direct is not None:
+            return direct
+        raw: bytes = self.message().as_bytes(linesep="\r\n")
+        return raw
 
-def _pin_boundaries(msg: Message, *, seed: str, contents: list[str]) -> None:
-    for index, part in enumerate(msg.walk()):
-        if not part.is_multipart():
-            continue
-        attempt = 0
-        while True:
-            material = f"{seed}\x00{index}\x00{attempt}".encode()
-            boundary = "=_cs" + hashlib.sha256(material).hexdigest()[:40]
-            # A body that happens to contain the boundary would split the message.
-            if not any(boundary in content for content in contents):
-                break
-            attempt += 1
-        part.set_boundary(boundary)
+    def _boundary_seed(self) -> str:
+        seed = str(self.extra_headers.get("Message-ID", ""))
+        if not seed:
+            raise BuildError("a campaign message needs its Message-ID before serialization")
+        return seed
 
 
 # --- Recipients ----------------------------------------------------------------------
@@ -589,8 +594,7 @@ def build_message(
 
 def render_eml(message: EmailMessage) -> bytes:
     """The raw message exactly as serialized for sending: what the outbox and preview show."""
-    raw: bytes = message.message().as_bytes(linesep="\r\n")
-    return raw
+    return message_bytes(message)
 
 
 def template_problems(campaign: Campaign) -> list[str]:

@@ -220,6 +220,17 @@ def serialization_key(message: EmailMessage) -> tuple[Any, ...] | None:
     )
 
 
+def message_bytes(message: EmailMessage) -> bytes:
+    """The bytes Django's `message().as_bytes(linesep="\\r\\n")` gives, from the message's
+    own writer when it has one (`CampaignMessage.wire_bytes` writes the same bytes
+    directly). The guard reads these bytes, and they are the ones that go out."""
+    wire_bytes = getattr(message, "wire_bytes", None)
+    raw: bytes = (
+        wire_bytes() if callable(wire_bytes) else message.message().as_bytes(linesep="\r\n")
+    )
+    return raw
+
+
 def serialize(message: EmailMessage, *, layer: str) -> bytes:
     """The bytes Django's SMTP backend and the outbox write (and Django's own header check).
 
@@ -232,7 +243,7 @@ def serialize(message: EmailMessage, *, layer: str) -> bytes:
         kept: bytes = cached[1]
         return kept
     try:
-        raw: bytes = message.message().as_bytes(linesep="\r\n")
+        raw = message_bytes(message)
     except ValueError as error:  # BadHeaderError is a ValueError; so are bad addresses
         raise GuardViolation(
             layer,
