@@ -24,7 +24,7 @@ from django.utils.module_loading import import_string
 from audit.chain import record_audit
 
 from .guard import layers
-from .guard.addresses import message_bytes, sanitized_address, serialize
+from .guard.addresses import envelope_address, message_bytes, sanitized_address, serialize
 from .guard.provider import is_anymail
 from .guard.vocabulary import GuardViolation
 from .models import Campaign
@@ -135,7 +135,8 @@ class GuardedBackend(BaseEmailBackend):
 
         On an open connection of Django's SMTP backend, send the bytes the guard already
         serialized and read (Django's `_send` would serialize the message again), through
-        the same guarded `sendmail`, with the same addresses and error handling as Django.
+        the same guarded `sendmail`, with the same RCPT TO (`envelope_address`) and error
+        handling as Django.
         """
         transport = self.transport
         connection = getattr(transport, "connection", None)
@@ -145,7 +146,7 @@ class GuardedBackend(BaseEmailBackend):
             return 0
         encoding = message.encoding or settings.DEFAULT_CHARSET
         from_email = sanitized_address(message.from_email, encoding)
-        recipients = [sanitized_address(address, encoding) for address in message.recipients()]
+        recipients = [envelope_address(address, encoding) for address in message.recipients()]
         raw = serialize(message, layer="smtp-envelope")
         with transport._lock:
             try:

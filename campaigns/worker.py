@@ -551,6 +551,38 @@ def _send_chunk(
     return stopped
 
 
+def _column(name: str) -> str:
+    column = getattr(Delivery._meta.get_field(name), "column", None)
+    assert isinstance(column, str), name
+    return _q(column)
+
+
+_DELIVERY = _q(Delivery._meta.db_table)
+# The chunk's rows in one statement each, their per-row values as arrays: on PostgreSQL
+# the ORM's CASE WHEN per row would cost more to compile than the database takes to run.
+_MARK_SENDING_SQL = (
+    f"UPDATE {_DELIVERY} AS d SET {_column('status')} = %s, "
+    f"{_column('attempts')} = d.{_column('attempts')} + 1, {_column('message_id')} = v.mid, "
+    f"{_column('lease_expires_at')} = %s, {_column('updated_at')} = %s "
+    "FROM unnest(%s::bigint[], %s::text[]) AS v(id, mid) "
+    f"WHERE d.{_column('id')} = v.id AND d.{_column('claim_token')} = %s "
+    f"AND d.{_column('status')} = %s RETURNING d.{_column('id')}"
+)
+_MARK_SENT_SQL = (
+    f"UPDATE {_DELIVERY} AS d SET {_column('status')} = %s, {_column('claim_token')} = NULL, "
+    f"{_column('lease_expires_at')} = NULL, {_column('sent_at')} = %s, "
+    f"{_column('updated_at')} = %s, {_column('last_error')} = v.note, "
+    f"{_column('provider_message_id')} = v.pmid "
+    "FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, note, pmid) "
+    f"WHERE d.{_column('id')} = v.id AND d.{_column('claim_token')} = %s "
+    f"AND d.{_column('status')} = %s"
+)
+
+
+def _set_based() -> bool:
+    return db_connection.vendor == "postgresql"
+
+
 def _mark_sending(
     ready: list[tuple[Delivery, EmailMessage]], token: uuid.UUID, now: datetime
 ) -> list[tuple[Delivery, EmailMessage]]:
@@ -558,30 +590,49 @@ def _mark_sending(
     if not ready:
         return ready
     ids = [delivery.pk for delivery, _ in ready]
-    message_ids = Case(
-        *[
-            When(pk=delivery.pk, then=Value(str(message.extra_headers.get("Message-ID", ""))))
-            for delivery, message in ready
-        ],
-        default=F("message_id"),
-    )
-    count = Delivery.objects.filter(
-        pk__in=ids, claim_token=token, status=Delivery.Status.CLAIMED
-    ).update(
-        status=Delivery.Status.SENDING,
-        attempts=F("attempts") + 1,
-        message_id=message_ids,
-        lease_expires_at=now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS),
-        updated_at=timezone.now(),
-    )
-    if count != len(ids):
-        moved = set(
-            Delivery.objects.filter(
-                pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
-            ).values_list("id", flat=True)
+    message_ids = [str(message.extra_headers.get("Message-ID", "")) for _, message in ready]
+    lease = now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS)
+    moved: set[int]
+    if _set_based():
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                _MARK_SENDING_SQL,
+                [
+                    Delivery.Status.SENDING,
+                    lease,
+                    timezone.now(),
+                    ids,
+                    message_ids,
+                    token,
+                    Delivery.Status.CLAIMED,
+                ],
+            )
+            moved = {row[0] for row in cursor.fetchall()}
+    else:
+        count = Delivery.objects.filter(
+            pk__in=ids, claim_token=token, status=Delivery.Status.CLAIMED
+        ).update(
+            status=Delivery.Status.SENDING,
+            attempts=F("attempts") + 1,
+            message_id=Case(
+                *[When(pk=pk, then=Value(mid)) for pk, mid in zip(ids, message_ids, strict=True)],
+                default=F("message_id"),
+            ),
+            lease_expires_at=lease,
+            updated_at=timezone.now(),
         )
+        moved = (
+            set(ids)
+            if count == len(ids)
+            else set(
+                Delivery.objects.filter(
+                    pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
+                ).values_list("id", flat=True)
+            )
+        )
+    if len(moved) != len(ids):
         logger.warning(
-            "%d of %d deliveries were no longer ours; left alone", len(ids) - count, len(ids)
+            "%d of %d deliveries were no longer ours; left alone", len(ids) - len(moved), len(ids)
         )
         ready = [(d, m) for d, m in ready if d.pk in moved]
     for delivery, _ in ready:
@@ -641,25 +692,44 @@ def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
     if not sent:
         return
     ids = [delivery.pk for delivery, _, _ in sent]
-    changes: dict[str, Any] = {
-        "status": Delivery.Status.SENT,
-        "claim_token": None,
-        "lease_expires_at": None,
-        "sent_at": timezone.now(),
-        "updated_at": timezone.now(),
-    }
-    for field, position, limit in (("last_error", 1, 1000), ("provider_message_id", 2, 255)):
-        values = {row[0].pk: str(row[position])[:limit] for row in sent}
-        if any(values.values()):
-            changes[field] = Case(
-                *[When(pk=pk, then=Value(value)) for pk, value in values.items()],
-                default=Value(""),
+    notes = [note[:1000] for _, note, _ in sent]
+    provider_ids = [provider_id[:255] for _, _, provider_id in sent]
+    now = timezone.now()
+    if _set_based():
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                _MARK_SENT_SQL,
+                [
+                    Delivery.Status.SENT,
+                    now,
+                    now,
+                    ids,
+                    notes,
+                    provider_ids,
+                    token,
+                    Delivery.Status.SENDING,
+                ],
             )
-        else:
-            changes[field] = ""
-    count = Delivery.objects.filter(
-        pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
-    ).update(**changes)
+            count = cursor.rowcount
+    else:
+        changes: dict[str, Any] = {
+            "status": Delivery.Status.SENT,
+            "claim_token": None,
+            "lease_expires_at": None,
+            "sent_at": now,
+            "updated_at": now,
+        }
+        for field, values in (("last_error", notes), ("provider_message_id", provider_ids)):
+            if any(values):
+                changes[field] = Case(
+                    *[When(pk=pk, then=Value(v)) for pk, v in zip(ids, values, strict=True)],
+                    default=Value(""),
+                )
+            else:
+                changes[field] = ""
+        count = Delivery.objects.filter(
+            pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
+        ).update(**changes)
     if count != len(ids):
         logger.warning(
             "%d of %d sent deliveries were no longer ours to record", len(ids) - count, len(ids)

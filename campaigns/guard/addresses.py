@@ -98,6 +98,22 @@ def canonical_address(value: str) -> str | None:
     return str(named)
 
 
+def envelope_address(value: object, encoding: str) -> str:
+    """The RCPT TO entry for a recipient value, as Django's SMTP backend hands it to smtplib.
+
+    Django passes `sanitize_address(value)`, of which smtplib sends only the addr-spec
+    (`quoteaddr`). For the canonical form that addr-spec is the one every parser reads,
+    so the entry is the bare addr-spec itself: the same RCPT TO, without Django's
+    re-encoding of the display name (one of the dearest steps of a send). Anything else
+    gets Django's `sanitize_address`; raises ValueError as it does.
+    """
+    if isinstance(value, str):
+        canonical = canonical_address(value)
+        if canonical is not None:
+            return canonical
+    return sanitized_address(value, encoding)
+
+
 def _parsed_by_every_parser(value: str, encoding: str) -> dict[str, list[str]]:
     """The addresses each parser on the way out reads in `value` (one list per parser)."""
     results: dict[str, list[str]] = {}

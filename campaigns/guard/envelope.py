@@ -10,11 +10,12 @@ from django.core.mail import EmailMessage
 from accounts.validators import single_address_error
 
 from .addresses import (
+    CANONICAL_MAILBOX,
+    envelope_address,
     expected_recipient,
     message_encoding,
     require_serialized_recipient,
     same_address,
-    sanitized_address,
     serialize,
 )
 from .vocabulary import GuardViolation
@@ -30,6 +31,13 @@ def _rcpt_address(entry: object, *, message: EmailMessage) -> str:
     layer = "smtp-envelope"
     if not isinstance(entry, str):
         raise GuardViolation(layer, f"RCPT TO entry {entry!r} is not a string", message=message)
+    bare = CANONICAL_MAILBOX.fullmatch(entry)
+    if bare is not None and bare.group("bare") is not None:
+        # A bare plain addr-spec: smtplib sends it as is and every parser reads only it.
+        problem = single_address_error(entry)
+        if problem is not None:
+            raise GuardViolation(layer, f"RCPT TO {entry!r}: {problem}", message=message)
+        return entry
     rcpt = smtplib.quoteaddr(entry)
     address = rcpt[1:-1] if rcpt.startswith("<") and rcpt.endswith(">") else rcpt
     others = [addr for _name, addr in getaddresses([entry])]
@@ -49,14 +57,14 @@ def require_single_smtp_envelope(
 ) -> None:
     """The SMTP envelope (RCPT TO) is exactly the one address and the headers agree.
 
-    Without arguments the envelope and bytes are computed exactly as Django's SMTP
-    backend does; the backend also calls this with the real `sendmail` arguments.
+    Without arguments the envelope and bytes are computed exactly as the guarded backend
+    sends them; the backend also calls this with the real `sendmail` arguments.
     """
     layer = "smtp-envelope"
     if envelope is None:
         encoding = message_encoding(message)
         try:
-            envelope = [sanitized_address(addr, encoding) for addr in message.recipients()]
+            envelope = [envelope_address(addr, encoding) for addr in message.recipients()]
         except ValueError as error:
             raise GuardViolation(
                 layer, f"invalid envelope address: {error}", message=message

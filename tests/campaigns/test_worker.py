@@ -149,6 +149,39 @@ def test_fenced_update_refuses_a_stale_claim(olivia: User, rita: User, members: 
     assert Delivery.objects.get(pk=ids[0]).status == Delivery.Status.PENDING
 
 
+def test_chunk_writes_touch_only_rows_still_ours_and_record_each_rows_values(
+    olivia: User, rita: User, members: list[User]
+) -> None:
+    campaign = approved(olivia, rita)
+    token, ids = worker.claim_deliveries(campaign.pk, limit=5)
+    deliveries = list(Delivery.objects.filter(pk__in=ids).order_by("id"))
+    # Someone else took the second row meanwhile (the sweeper after a lease, say).
+    Delivery.objects.filter(pk=ids[1]).update(status=Delivery.Status.PENDING, claim_token=None)
+    messages = [EmailMessage(headers={"Message-ID": f"<m{d.pk}@x.example>"}) for d in deliveries]
+    ready = worker._mark_sending(
+        list(zip(deliveries, messages, strict=True)), token, timezone.now()
+    )
+    assert [d.pk for d, _ in ready] == [ids[0], *ids[2:]]
+    rows = {d.pk: d for d in Delivery.objects.filter(pk__in=ids)}
+    assert rows[ids[1]].status == Delivery.Status.PENDING and rows[ids[1]].message_id == ""
+    for pk in (ids[0], *ids[2:]):
+        assert rows[pk].status == Delivery.Status.SENDING and rows[pk].attempts == 1
+        assert rows[pk].message_id == f"<m{pk}@x.example>"
+
+    # Recorded sent with each row's own note and provider id; a row no longer `sending`
+    # (resolved by an operator meanwhile) is left alone.
+    Delivery.objects.filter(pk=ids[4]).update(status=Delivery.Status.UNKNOWN)
+    worker._mark_sent(
+        [(d, f"note {d.pk}" if d.pk == ids[2] else "", f"pm-{d.pk}") for d, _ in ready], token
+    )
+    rows = {d.pk: d for d in Delivery.objects.filter(pk__in=ids)}
+    assert rows[ids[4]].status == Delivery.Status.UNKNOWN and rows[ids[4]].sent_at is None
+    for pk in (ids[0], ids[2], ids[3]):
+        assert rows[pk].status == Delivery.Status.SENT and rows[pk].claim_token is None
+        assert rows[pk].provider_message_id == f"pm-{pk}" and rows[pk].sent_at is not None
+        assert rows[pk].last_error == (f"note {pk}" if pk == ids[2] else "")
+
+
 # --- Outcomes ----------------------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ first only while nothing the result depends on has changed.
 from __future__ import annotations
 
 import re
+import smtplib
+from email.utils import getaddresses
 
 import pytest
 from django.core.mail.message import sanitize_address
@@ -153,6 +155,26 @@ def test_every_parser_reads_a_canonical_mailbox_as_its_one_address() -> None:
         readings = addresses._parsed_by_every_parser(value, "utf-8")
         assert all(found == [canonical] for found in readings.values()), (value, readings)
     assert taken >= len(_canonical_corpus()) - 1
+
+
+def test_the_envelope_of_a_canonical_mailbox_is_the_rcpt_to_django_would_send() -> None:
+    # The guarded backend hands smtplib the bare addr-spec of a canonical value instead of
+    # Django's sanitize_address: RCPT TO must come out the same, and read as that address.
+    for value in _canonical_corpus():
+        try:
+            django_entry = sanitize_address(value, "utf-8")
+        except ValueError:
+            with pytest.raises(ValueError):
+                addresses.envelope_address(value, "utf-8")
+            continue
+        entry = addresses.envelope_address(value, "utf-8")
+        assert smtplib.quoteaddr(entry) == smtplib.quoteaddr(django_entry)
+        if addresses.canonical_address(value) is not None:
+            assert entry == ANN
+            assert [addr for _name, addr in getaddresses([entry])] == [ANN]
+    # Anything else still goes through Django's own sanitize_address.
+    other = 'Ann "A" <ann@example.org>'
+    assert addresses.envelope_address(other, "utf-8") == sanitize_address(other, "utf-8")
 
 
 def test_an_encoded_name_with_a_line_break_gets_the_full_reading() -> None:
