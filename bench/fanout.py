@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -411,8 +412,12 @@ def count_sent(campaign_id: int) -> int:
     return Delivery.objects.filter(campaign_id=campaign_id, status=Delivery.Status.SENT).count()
 
 
-def run_bare(n: int, processes: int, sink: Sink, workdir: Path, label: str) -> Run:
-    env = base_env(EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(sink.port))
+def run_bare(
+    n: int, sink: Sink, workdir: Path, label: str, *, processes: int, prebuilt: bool = False
+) -> Run:
+    env = base_env(
+        EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(sink.port), BENCH_PREBUILT=str(int(prebuilt))
+    )
     children = [
         subprocess.Popen(
             [PYTHON, __file__, "--bare-child", str(index), str(processes)],
@@ -441,18 +446,24 @@ def run_bare(n: int, processes: int, sink: Sink, workdir: Path, label: str) -> R
     sent = sum(r["sent"] for r in reports)
     assert sent == n, sent
     end = max(r["end"] for r in reports)
-    return Run(f"bare-{processes}", end - started, sum(r["cpu"] for r in reports), n)
+    kind = "wire" if prebuilt else "bare"
+    return Run(f"{kind}-{processes}", end - started, sum(r["cpu"] for r in reports), n)
 
 
 def bare_child(index: int, processes: int) -> None:
-    """One bare-loop process: its share of the deliveries, Django's SMTP backend, no database."""
+    """One bare-loop process: its share of the deliveries, Django's SMTP backend, no database.
+
+    With BENCH_PREBUILT=1 (the wire-K variants) every message's bytes are made before the
+    clock starts and the loop only hands them to smtplib: what the machine and the sink
+    can take at all, whoever builds the messages.
+    """
     setup_django()
     from django.core.mail.backends.smtp import EmailBackend
     from django.db import connection
     from django.utils import timezone
 
     from campaigns.models import Campaign, Delivery
-    from campaigns.rendering import build_message, recipient_for_delivery
+    from campaigns.rendering import build_message, recipient_for_delivery, render_eml
 
     campaign = Campaign.objects.select_related("sender").order_by("-id").first()
     assert campaign is not None
@@ -466,13 +477,24 @@ def bare_child(index: int, processes: int) -> None:
     def no_database(*args: Any) -> None:
         raise AssertionError("the bare loop touched the database")
 
+    prebuilt = []
+    if os.environ.get("BENCH_PREBUILT") == "1":
+        for recipient in recipients:
+            message = build_message(campaign, recipient, send_time=timezone.now())
+            prebuilt.append((message.from_email, [recipient.address], render_eml(message), message))
+
     print("ready", flush=True)
     sys.stdin.readline()
     cpu_before = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     smtp = EmailBackend()
     sent = 0
     with connection.execute_wrapper(no_database), smtp:
-        for recipient in recipients:
+        if prebuilt:
+            assert smtp.connection is not None
+            for from_email, rcpt, raw, _message in prebuilt:
+                smtp.connection.sendmail(from_email, rcpt, raw)
+                sent += 1
+        for recipient in recipients if not prebuilt else []:
             message = build_message(campaign, recipient, send_time=timezone.now())
             sent += smtp.send_messages([message])
     end = time.time()
@@ -580,7 +602,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sink", choices=["smtp-sink", "aiosmtpd"], default=None)
     parser.add_argument(
-        "--variants", default="bare-1,bare-2,post-office,countersign", help="comma-separated"
+        "--variants",
+        default="bare-1,bare-2,post-office,countersign",
+        help="comma-separated; also bare-K (K processes) and wire-K (K processes sending "
+        "bytes made before the clock starts: what the machine and sink can take at all)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--bare-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -607,10 +632,11 @@ def main() -> None:
     variants = []
     notes = []
     for name in wanted:
-        if name == "bare-1":
-            variants.append(Variant(name, lambda n, s, w, lbl: run_bare(n, 1, s, w, lbl)))
-        elif name == "bare-2":
-            variants.append(Variant(name, lambda n, s, w, lbl: run_bare(n, 2, s, w, lbl)))
+        kind, _, count = name.partition("-")
+        if kind in ("bare", "wire") and count.isdigit():
+            variants.append(
+                Variant(name, partial(run_bare, processes=int(count), prebuilt=kind == "wire"))
+            )
         elif name == "post-office":
             why = post_office_available()
             if why:

@@ -445,7 +445,7 @@ REDIS_URL = env_str("REDIS_URL")
 # Messages per second per transport account, shared by every worker.
 SEND_RATE_PER_SECOND = env_float("SEND_RATE_PER_SECOND", 20.0)
 SEND_BURST = env_int("SEND_BURST", 20)
-SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 50)
+SEND_BATCH_SIZE = env_int("SEND_BATCH_SIZE", 200)
 # How many batch chains run side by side for one campaign (at most one per worker process helps).
 SEND_PARALLEL_BATCHES = env_int("SEND_PARALLEL_BATCHES", 2)
 CLAIM_LEASE_SECONDS = env_int("CLAIM_LEASE_SECONDS", 300)
