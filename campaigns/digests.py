@@ -23,8 +23,19 @@ def _canonical_json(value: Any) -> bytes:
 
 
 def content_digest(campaign: Campaign) -> str:
-    """The approval digest: sha256 over everything that shapes the campaign's messages."""
-    return digest_of_content(digest_content(campaign))
+    """The approval digest: sha256 over everything that shapes the campaign's messages.
+
+    Kept on the instance with the content it was computed from, and computed again
+    whenever that content differs: the builder asks for it once per message.
+    """
+    content = digest_content(campaign)
+    cached = campaign.__dict__.get("_content_digest")
+    if cached is not None and cached[0] == content:
+        digest: str = cached[1]
+        return digest
+    digest = digest_of_content(content)
+    campaign.__dict__["_content_digest"] = (content, digest)
+    return digest
 
 
 def digest_of_content(content: Mapping[str, Any]) -> str:

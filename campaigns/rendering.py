@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -398,6 +399,12 @@ def preview_time(campaign: Campaign) -> datetime:
 # --- The builder -----------------------------------------------------------------------
 
 
+@lru_cache(maxsize=16)
+def date_header(send_time: datetime) -> str:
+    """The Date header for `send_time` (a chunk's messages share one send time)."""
+    return format_datetime(send_time.astimezone(UTC))
+
+
 def _unsubscribe_issued_at(campaign: Campaign) -> datetime:
     # The token's signing time must not come from the clock (the bytes would change on
     # every build). The scheduled time, else the submission, else the last edit: the
@@ -566,7 +573,7 @@ def build_message(
         domain=domain,
     )
     headers = {
-        "Date": format_datetime(send_time.astimezone(UTC)),
+        "Date": date_header(send_time),
         "Message-ID": message_id,
     }
     if list_unsubscribe:

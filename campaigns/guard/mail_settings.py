@@ -14,6 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from .vocabulary import (
     BATCH_SWITCHES,
@@ -39,14 +41,46 @@ BATCH_MODE_SETTINGS = {
 ONE_PERSON_HINT = "Remove it. Every message goes to exactly one person."
 
 
+# The names of the ANYMAIL_* settings, with the layout of the settings they were read
+# from. Listing every setting (`dir`) was most of this layer's cost, paid twice per
+# message; the values are still read on every call.
+_names: tuple[Any, tuple[str, ...]] | None = None
+
+
+def _settings_layout() -> tuple[tuple[int, int], ...]:
+    """Which settings objects answer, and how many names each holds: a setting added or
+    removed without `override_settings` (which also sends `setting_changed`) changes it."""
+    layout: list[tuple[int, int]] = []
+    holder: Any = getattr(settings, "_wrapped", None)
+    while holder is not None and len(layout) < 64:
+        layout.append((id(holder), len(vars(holder)) + len(getattr(holder, "_deleted", ()))))
+        holder = getattr(holder, "default_settings", None)
+    return tuple(layout)
+
+
+def _anymail_setting_names() -> tuple[str, ...]:
+    global _names
+    layout = _settings_layout()
+    if _names is None or _names[0] != layout:
+        names = tuple(attr for attr in dir(settings) if attr.startswith("ANYMAIL_"))
+        _names = (layout, names)
+    return _names[1]
+
+
+@receiver(setting_changed)
+def _forget_setting_names(**kwargs: Any) -> None:
+    global _names
+    _names = None
+
+
 def _anymail_settings() -> dict[str, tuple[str, Any]]:
     """Every anymail setting as name -> (where it is set, value), as anymail looks them up.
 
     Anymail reads settings.ANYMAIL["NAME"] first, then settings.ANYMAIL_NAME.
     """
     found: dict[str, tuple[str, Any]] = {}
-    for attr in dir(settings):
-        if attr.startswith("ANYMAIL_"):
+    for attr in _anymail_setting_names():
+        if hasattr(settings, attr):
             found[attr.removeprefix("ANYMAIL_")] = (attr, getattr(settings, attr))
     anymail = getattr(settings, "ANYMAIL", None) or {}
     if isinstance(anymail, dict):

@@ -132,3 +132,30 @@ def test_guarded_backend_refuses_to_send_with_unsafe_anymail_settings(
         send(delivery_message())
     assert blocked.value.layer == "settings"
     assert not outbox_dir.exists()
+
+
+def test_a_setting_added_after_a_send_is_refused_at_the_next(outbox_dir: Path) -> None:
+    # The layer remembers which ANYMAIL_* names exist (listing every setting is its
+    # dearest part); a name that appears later, however it appears, is still read.
+    send(delivery_message())
+    with override_settings(ANYMAIL_POSTMARK_USE_BULK_API=True), pytest.raises(GuardViolation):
+        send(delivery_message())
+    send(delivery_message())  # gone again with the override
+
+    from django.conf import settings as live
+
+    name = "ANYMAIL_SEND_DEFAULTS"
+    defaults: dict[str, list[str]] = {"bcc": [BOB]}
+    setattr(live, name, defaults)  # assigned directly: no setting_changed signal
+    try:
+        with pytest.raises(GuardViolation) as blocked:
+            send(delivery_message())
+        assert blocked.value.layer == "settings"
+        # Values are read on every call: a change inside the dict counts at once.
+        defaults["bcc"] = []
+        defaults["cc"] = [BOB]
+        with pytest.raises(GuardViolation):
+            send(delivery_message())
+    finally:
+        delattr(live, name)
+    send(delivery_message())
