@@ -7,12 +7,14 @@ one, and it carries its signing time: `loads(max_age=...)` refuses old links.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from django.conf import settings
 from django.core import signing
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 
 from accounts.validators import single_address_error
 
@@ -82,10 +84,33 @@ def read_unsubscribe_token(
     return UnsubscribeRequest(address=address, campaign_id=campaign_id)
 
 
+# What `signing` puts in a token: URL-safe base64 and base62 parts joined by ":", none of
+# which `reverse` escapes, so the URL is a fixed prefix and suffix around the token.
+_TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9_:-]+")
+_MARK = "TOKEN"
+
+
+@lru_cache(maxsize=8)
+def _unsubscribe_path_around(urlconf: str | None, script_prefix: str) -> tuple[str, str]:
+    path = reverse("campaigns:unsubscribe", kwargs={"token": _MARK}, urlconf=urlconf)
+    prefix, mark, suffix = path.partition(_MARK)
+    assert mark, path
+    return prefix, suffix
+
+
 def unsubscribe_url(token: str) -> str:
-    """The absolute one-click URL for a token (the same URL goes into List-Unsubscribe)."""
-    path = reverse("campaigns:unsubscribe", kwargs={"token": token})
-    return f"{settings.PUBLIC_BASE_URL}{path}"
+    """The absolute one-click URL for a token (the same URL goes into List-Unsubscribe).
+
+    The builder asks once per message: `reverse` runs once per URLconf and script prefix,
+    and a token of signing's characters is put between the path's two halves.
+    """
+    if not _TOKEN_CHARACTERS.fullmatch(token):
+        path = reverse("campaigns:unsubscribe", kwargs={"token": token})
+        return f"{settings.PUBLIC_BASE_URL}{path}"
+    prefix, suffix = _unsubscribe_path_around(
+        get_urlconf() or settings.ROOT_URLCONF, get_script_prefix()
+    )
+    return f"{settings.PUBLIC_BASE_URL}{prefix}{token}{suffix}"
 
 
 def test_unsubscribe_url() -> str:

@@ -72,8 +72,8 @@ def header_line(name: str, value: str) -> str:
 
 
 def _stored_as_is(value: str) -> bool:
-    """Django stores this header value unchanged: ASCII without a line break (anything
-    else it encodes, or refuses with BadHeaderError)."""
+    """Django stores header values unchanged if they are ASCII without a line break
+    (anything else it encodes, or refuses with BadHeaderError)."""
     return value.isascii() and "\r" not in value and "\n" not in value
 
 
@@ -160,7 +160,7 @@ def direct_bytes(message: EmailMessage, *, subject: str, boundary_seed: str) -> 
     if message.reply_to:
         fields.append(("Reply-To", ", ".join(str(value) for value in message.reply_to)))
     fields.extend((str(name), str(value)) for name, value in headers.items())
-    if not all(_stored_as_is(value) for _name, value in fields):
+    if not _stored_as_is("".join(value for _name, value in fields)):
         return None
     top.append(header_line("Subject", _subject_value(str(message.subject), subject)))
     top.extend(header_line(name, value) for name, value in fields)

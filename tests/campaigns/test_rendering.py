@@ -815,3 +815,18 @@ def test_signed_payload_that_is_not_an_unsubscribe_request_is_refused() -> None:
 
 def test_unsubscribe_url_is_absolute_under_the_public_base_url() -> None:
     assert unsubscribe_url("abc:def") == f"{BASE_URL}/u/abc:def/"
+
+
+def test_unsubscribe_url_is_what_reverse_gives_under_any_prefix_and_for_any_token() -> None:
+    from django.urls import reverse, set_script_prefix
+
+    token = make_unsubscribe_token(address="ada@example.org", campaign_id=3, issued_at=SEND_TIME)
+    for prefix in ("/", "/countersign/", "/"):
+        set_script_prefix(prefix)
+        try:
+            for value in (token, "a b?c&d", "zoë"):
+                expected = BASE_URL + reverse("campaigns:unsubscribe", kwargs={"token": value})
+                assert unsubscribe_url(value) == expected
+            assert unsubscribe_url(token).startswith(f"{BASE_URL}{prefix}u/")
+        finally:
+            set_script_prefix("/")

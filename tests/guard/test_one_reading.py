@@ -6,6 +6,7 @@ first only while nothing the result depends on has changed.
 
 from __future__ import annotations
 
+import random
 import re
 import smtplib
 from email.utils import getaddresses
@@ -32,6 +33,50 @@ def test_a_header_line_that_is_no_field_refuses_the_message() -> None:
     raw = b"From: a@example.com\r\noops\r\nTo: " + BOB.encode() + b"\r\n\r\nbody\r\n"
     with pytest.raises(GuardViolation, match="neither a field nor a continuation"):
         require_serialized_recipient(raw, ANN, message=delivery_message(), layer="recipients")
+
+
+def _accepted_line_by_line(block: bytes) -> bool:
+    """The strict reading, spelled out: every line a field or (after the first) a
+    continuation, none holding a CR or NUL."""
+    for number, line in enumerate(re.split(rb"\r?\n", block)):
+        if b"\r" in line or b"\x00" in line:
+            return False
+        if line[:1] in (b" ", b"\t") and number > 0:
+            continue
+        if not re.match(rb"[!-9;-~]+:", line):
+            return False
+    return True
+
+
+def test_the_whole_block_pattern_accepts_exactly_what_the_line_rules_accept() -> None:
+    rng = random.Random(7)
+    pieces = [
+        b"To:",
+        b"X-A: v",
+        b" ",
+        b"\t",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\x00",
+        b"a",
+        b":",
+        b"\xc3\xa9",
+    ]
+    accepted = refused = 0
+    for _ in range(20000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 9))) + b"\r\n\r\nbody"
+        block = raw[: re.search(rb"\r?\n\r?\n", raw).start()]  # type: ignore[union-attr]
+        expected = _accepted_line_by_line(block)
+        try:
+            header_block(raw, message=delivery_message(), layer="recipients")
+        except GuardViolation:
+            assert not expected, block
+            refused += 1
+        else:
+            assert expected, block
+            accepted += 1
+    assert accepted > 500 and refused > 500
 
 
 def test_a_bare_cr_in_the_header_block_refuses_the_message() -> None:
