@@ -436,7 +436,12 @@ def shown_variants(text: str) -> Iterator[str]:
     unescaped = html.unescape(text)
     seen: set[str] = set()
     for variant in (text, unescaped, unquote(unescaped), html.unescape(_MARKUP.sub("", text))):
-        shown = FORMAT_CHARACTERS.sub("", unicodedata.normalize("NFKC", variant))
+        # NFKC leaves ASCII as it is and every format character is outside ASCII.
+        shown = (
+            variant
+            if variant.isascii()
+            else FORMAT_CHARACTERS.sub("", unicodedata.normalize("NFKC", variant))
+        )
         if shown not in seen:  # plain text reads the same every way: search it once
             seen.add(shown)
             yield shown

@@ -134,6 +134,8 @@ def _body_texts(message: EmailMessage) -> Iterator[str]:
         # The display name the recipient sees next to their own address, decoded as
         # their mail client will show it.
         yield str(value)
+        if "=?" not in str(value):
+            continue  # no encoded word: it reads as it is
         try:
             yield str(make_header(decode_header(str(value))))
         except (HeaderParseError, UnicodeError, LookupError):

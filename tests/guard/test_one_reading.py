@@ -306,6 +306,13 @@ def test_plain_ascii_text_has_one_reading_as_the_full_variants_agree() -> None:
         }
         assert full == {text}
         assert list(addresses.shown_variants(text)) == [text]
+    # Each variant of ASCII text is read as it is: NFKC leaves ASCII alone and no format
+    # character is ASCII (shown_variants skips both for ASCII variants).
+    every_ascii = "".join(chr(c) for c in range(128))
+    assert unicodedata.normalize("NFKC", every_ascii) == every_ascii
+    assert not FORMAT_CHARACTERS.search(every_ascii)
+    html_text = '<p>Hi <a href="mailto:bob@example.net">b&#111;b</a> %41</p>'
+    assert {"bob@example.net"} <= addresses.address_tokens([html_text])
     # With any of the three, or anything outside ASCII, the full reading runs.
     assert "bob@example.net" in addresses.address_tokens(["bob&#64;example.net"])
     assert "bob@example.net" in addresses.address_tokens(["bob%40example.net"])
