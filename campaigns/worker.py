@@ -583,6 +583,14 @@ def _set_based() -> bool:
     return db_connection.vendor == "postgresql"
 
 
+def _execute(sql: str, params: list[Any]) -> tuple[list[tuple[Any, ...]], int]:
+    """Run one statement; its returned rows (if any) and the number of rows it changed."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall() if cursor.description else []
+        return rows, cursor.rowcount
+
+
 def _mark_sending(
     ready: list[tuple[Delivery, EmailMessage]], token: uuid.UUID, now: datetime
 ) -> list[tuple[Delivery, EmailMessage]]:
@@ -594,20 +602,19 @@ def _mark_sending(
     lease = now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS)
     moved: set[int]
     if _set_based():
-        with db_connection.cursor() as cursor:
-            cursor.execute(
-                _MARK_SENDING_SQL,
-                [
-                    Delivery.Status.SENDING,
-                    lease,
-                    timezone.now(),
-                    ids,
-                    message_ids,
-                    token,
-                    Delivery.Status.CLAIMED,
-                ],
-            )
-            moved = {row[0] for row in cursor.fetchall()}
+        rows, _count = _execute(
+            _MARK_SENDING_SQL,
+            [
+                Delivery.Status.SENDING,
+                lease,
+                timezone.now(),
+                ids,
+                message_ids,
+                token,
+                Delivery.Status.CLAIMED,
+            ],
+        )
+        moved = {row[0] for row in rows}
     else:
         count = Delivery.objects.filter(
             pk__in=ids, claim_token=token, status=Delivery.Status.CLAIMED
@@ -696,21 +703,19 @@ def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
     provider_ids = [provider_id[:255] for _, _, provider_id in sent]
     now = timezone.now()
     if _set_based():
-        with db_connection.cursor() as cursor:
-            cursor.execute(
-                _MARK_SENT_SQL,
-                [
-                    Delivery.Status.SENT,
-                    now,
-                    now,
-                    ids,
-                    notes,
-                    provider_ids,
-                    token,
-                    Delivery.Status.SENDING,
-                ],
-            )
-            count = cursor.rowcount
+        _rows, count = _execute(
+            _MARK_SENT_SQL,
+            [
+                Delivery.Status.SENT,
+                now,
+                now,
+                ids,
+                notes,
+                provider_ids,
+                token,
+                Delivery.Status.SENDING,
+            ],
+        )
     else:
         changes: dict[str, Any] = {
             "status": Delivery.Status.SENT,

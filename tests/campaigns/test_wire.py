@@ -12,7 +12,6 @@ from django.core.mail import BadHeaderError, EmailMessage, EmailMultiAlternative
 
 from campaigns import wire
 from campaigns.guard.addresses import message_bytes
-from campaigns.models import Campaign, SenderIdentity
 from campaigns.rendering import (
     CampaignMessage,
     Recipient,
@@ -21,6 +20,7 @@ from campaigns.rendering import (
     format_address,
     render_eml,
 )
+from tests.factories import make_campaign
 
 SEND_TIME = datetime(2025, 3, 4, 9, 30, 15, tzinfo=UTC)
 
@@ -135,23 +135,7 @@ def test_built_messages_for_awkward_recipients_match_django(
 ) -> None:
     settings.PUBLIC_BASE_URL = "https://countersign.example"
     settings.UNSUBSCRIBE_MAILTO = "unsubscribe@countersign.example"
-    sender = SenderIdentity.objects.create(
-        name="Main",
-        from_name="Countersign, the Team",
-        from_address="news@countersign.example",
-        reply_to="help@countersign.example",
-        postal_address="Countersign Ltd\n1 Example Street",
-        message_id_domain="mail.countersign.example",
-    )
-    campaign = Campaign.objects.create(
-        name="Spring",
-        category=Campaign.Category.ANNOUNCEMENT,
-        sender=sender,
-        subject_template="News for {{ first_name }}",
-        text_template="Hello {{ first_name }},\n\nOur update.\n",
-        html_template="<p>Hello {{ first_name }},</p><p>Our update.</p>",
-        author=olivia,
-    )
+    campaign = make_campaign(olivia, subject_template="News for {{ first_name }}")
     for delivery_id, name in enumerate([*NAMES, "Ann-Marie", "A" * 80, "Ünïcödé " * 20], 1):
         recipient = Recipient(
             address=f"r{delivery_id}@example.org",
