@@ -147,10 +147,10 @@ def direct_bytes(message: EmailMessage, *, subject: str, boundary_seed: str) -> 
         if html is None:
             return None
         boundary = pinned_boundary(boundary_seed, 0, [str(message.body), content])
-        content_type = header_line("Content-Type", f'multipart/alternative; boundary="{boundary}"')
-        if content_type is None:
-            return None
-        top = [content_type, f"MIME-Version: 1.0{CRLF}"]
+        top = [
+            header_line("Content-Type", f'multipart/alternative; boundary="{boundary}"'),
+            f"MIME-Version: 1.0{CRLF}",
+        ]
     else:
         top = list(text[0])
 
@@ -160,7 +160,7 @@ def direct_bytes(message: EmailMessage, *, subject: str, boundary_seed: str) -> 
     if message.reply_to:
         fields.append(("Reply-To", ", ".join(str(value) for value in message.reply_to)))
     fields.extend((str(name), str(value)) for name, value in headers.items())
-    if not _stored_as_is("".join(value for _name, value in fields)):
+    if not _stored_as_is("".join(value for _name, value in fields)) or not subject.isascii():
         return None
     top.append(header_line("Subject", _subject_value(str(message.subject), subject)))
     top.extend(header_line(name, value) for name, value in fields)
