@@ -93,7 +93,8 @@ _MARK = "TOKEN"
 @lru_cache(maxsize=8)
 def _unsubscribe_path_around(urlconf: str | None, script_prefix: str) -> tuple[str, str]:
     path = reverse("campaigns:unsubscribe", kwargs={"token": _MARK}, urlconf=urlconf)
-    prefix, mark, suffix = path.partition(_MARK)
+    # The token is the path's last segment: a script prefix may hold the mark too.
+    prefix, mark, suffix = path.rpartition(_MARK)
     assert mark, path
     return prefix, suffix
 
