@@ -68,7 +68,70 @@ def header_line(name: str, value: str) -> str:
     """`name: value` as the generator writes a header field holding the ASCII `value`."""
     if len(name) + 2 + len(value) <= _MAX_LINE and _PLAIN_VALUE.fullmatch(value):
         return f"{name}: {value}{CRLF}"
-    return _COMPAT32.fold(name, value)
+    if not _PRINTABLE.fullmatch(value):
+        return _COMPAT32.fold(name, value)
+    # compat32 folds printable ASCII by its length and by where its spaces, commas and
+    # semicolons are (`email.header._ValueFormatter`: it splits only there, and only
+    # inserts line breaks and continuation spaces); the other characters are carried
+    # through in order. So every value with the same outline folds the same way: fold
+    # the outline once, then put this value's characters into its placeholders.
+    outline = value.translate(_OUTLINE)
+    plan = _FOLD_PLANS.get((name, outline))
+    if plan is None:
+        plan = _fold_plan(name, outline)
+        if plan is None:
+            return _COMPAT32.fold(name, value)
+        if len(_FOLD_PLANS) >= _FOLD_PLANS_KEPT:
+            _FOLD_PLANS.clear()
+        _FOLD_PLANS[name, outline] = plan
+    pieces, tail = plan
+    return "".join([text + value[start:end] for text, start, end in pieces]) + tail
+
+
+# Printable ASCII, the space included: no tab, no line break and nothing `str.splitlines`
+# would cut at, so only the length and the fold points shape the folding.
+_PRINTABLE = re.compile(r"[ -~]*")
+_FOLD_POINTS = " ,;"  # email.header's split characters for ASCII (tab is not printable)
+_PLACEHOLDER = "x"
+_OUTLINE = str.maketrans(
+    {chr(c): _PLACEHOLDER for c in range(0x21, 0x7F) if chr(c) not in _FOLD_POINTS}
+)
+# One plan per (name, outline); a campaign's messages have a handful (the boundary's
+# Content-Type, the unsubscribe URLs by length). Cleared when full, never unbounded.
+_FOLD_PLANS: dict[tuple[str, str], tuple[list[tuple[str, int, int]], str]] = {}
+_FOLD_PLANS_KEPT = 512
+
+
+def _fold_plan(name: str, outline: str) -> tuple[list[tuple[str, int, int]], str] | None:
+    """compat32's folding of `outline` as (inserted text, value slice) pieces and a tail.
+
+    Each placeholder in the folded outline is the next non-fold-point character of the
+    value; runs of them become one slice. Everything else (fold points, line breaks,
+    continuation spaces) is the same text for every value with this outline. None if
+    the folded outline is not of that form (then the value is folded as it is).
+    """
+    head = f"{name}: "
+    folded = _COMPAT32.fold(name, outline)
+    if not folded.startswith(head):
+        return None
+    positions = [index for index, char in enumerate(outline) if char == _PLACEHOLDER]
+    pieces: list[tuple[str, int, int]] = []
+    text: list[str] = [head]
+    taken = 0
+    for char in folded[len(head) :]:
+        if char != _PLACEHOLDER or taken == len(positions):
+            text.append(char)
+            continue
+        position = positions[taken]
+        taken += 1
+        if not text and pieces and pieces[-1][2] == position:
+            pieces[-1] = (pieces[-1][0], pieces[-1][1], position + 1)
+        else:
+            pieces.append(("".join(text), position, position + 1))
+            text = []
+    if taken != len(positions) or _PLACEHOLDER in "".join(text):
+        return None
+    return pieces, "".join(text)
 
 
 def _stored_as_is(value: str) -> bool:

@@ -181,3 +181,36 @@ def test_other_shapes_take_djangos_path() -> None:
     plain = EmailMultiAlternatives("Hi", "Body\n", "a@example.org", ["b@example.org"])
     assert not hasattr(plain, "wire_bytes")
     assert message_bytes(plain).startswith(b"Content-Type: ")
+
+
+def test_folding_by_outline_equals_compat32_for_every_value() -> None:
+    """A folded header is written from its outline's plan, not folded again: the plan must
+    give exactly what compat32 gives for each value, including a second value of the same
+    outline with other characters (that one is written from the plan alone)."""
+    rng = random.Random(20261202)
+    wire._FOLD_PLANS.clear()
+    alphabet = "abcxyzXY019=<>/:?@._-\"'()[]!~"
+    fold_points = " ,;"
+    names = ["List-Unsubscribe", "X", "Content-Type", "X-Very-Long-Header-Name-Of-Its-Own", "Tx"]
+    checked = reused = 0
+    for _ in range(3000):
+        length = rng.choice([60, 75, 76, 77, 78, 79, 80, 120, 200, 400])
+        density = rng.choice([0.0, 0.02, 0.1, 0.4])
+        outline = [rng.choice(fold_points) if rng.random() < density else "" for _ in range(length)]
+        name = rng.choice(names)
+        for _variant in range(2):
+            value = "".join(point or rng.choice(alphabet) for point in outline)
+            before = len(wire._FOLD_PLANS)
+            assert wire.header_line(name, value) == wire._COMPAT32.fold(name, value), (
+                name,
+                value,
+            )
+            checked += 1
+            reused += len(wire._FOLD_PLANS) == before and before > 0
+    assert checked == 6000
+    assert reused > 2500  # the second value of each outline came from the plan
+
+
+def test_values_outside_printable_ascii_are_folded_as_they_are() -> None:
+    for value in ["tab\there " * 12, "a\x0bb " * 30, "a\x1cb " * 30, "trailing  " * 12]:
+        assert wire.header_line("Subject", value) == wire._COMPAT32.fold("Subject", value)
