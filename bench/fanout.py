@@ -215,9 +215,10 @@ def group_cpu_seconds(pgid: int) -> float:
 class Worker:
     """`celery -A config worker -c 2` in its own process group (only this group is ever ended)."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 2) -> None:
         celery = str(Path(PYTHON).with_name("celery"))
-        argv = [celery, "-A", "config", "worker", "-c", "2", "-P", "prefork", "-l", "WARNING"]
+        argv = [celery, "-A", "config", "worker", "-c", str(concurrency), "-P", "prefork"]
+        argv += ["-l", "WARNING"]
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
         self.log = log
         self.proc = subprocess.Popen(
@@ -238,7 +239,7 @@ class Worker:
                 for e in os.listdir("/proc")
                 if e.isdigit() and _pgid(int(e)) == self.proc.pid and int(e) != self.proc.pid
             ]
-            if len(members) >= 2:
+            if len(members) >= concurrency:
                 time.sleep(1.5)  # the consumer connects after the pool is forked
                 return
             time.sleep(0.1)
@@ -368,7 +369,7 @@ class Run:
         return self.n / self.seconds
 
 
-def run_countersign(n: int, sink: Sink, workdir: Path, label: str) -> Run:
+def run_countersign(n: int, sink: Sink, workdir: Path, label: str, *, concurrency: int = 2) -> Run:
     from accounts.models import User
     from campaigns import services
     from campaigns.models import Campaign, Delivery
@@ -377,7 +378,7 @@ def run_countersign(n: int, sink: Sink, workdir: Path, label: str) -> Run:
     campaign = submitted_campaign()
     env = base_env(EMAIL_HOST="127.0.0.1", EMAIL_PORT=str(sink.port))
     flush_redis(env)
-    worker = Worker(env, workdir / f"worker-{label}.log")
+    worker = Worker(env, workdir / f"worker-{label}.log", concurrency)
     try:
         cpu_before = worker.cpu()
         machine_before = machine_busy()
@@ -623,8 +624,9 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="bare-1,bare-2,post-office,countersign",
-        help="comma-separated; also bare-K (K processes) and wire-K (K processes sending "
-        "bytes made before the clock starts: what the machine and sink can take at all)",
+        help="comma-separated; also bare-K (K processes), countersign-K (a worker with K pool "
+        "processes; countersign is -c 2) and wire-K (K processes sending bytes made before "
+        "the clock starts: what the machine and sink can take at all)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--bare-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -664,6 +666,8 @@ def main() -> None:
                 variants.append(Variant(name, run_post_office))
         elif name == "countersign":
             variants.append(Variant(name, run_countersign))
+        elif kind == "countersign" and count.isdigit():
+            variants.append(Variant(name, partial(run_countersign, concurrency=int(count))))
     print(f"fan-out bench: N={args.n}, {args.rounds} rounds, sink {sink_kind}, work {workdir}")
     reset_database(args.n)
     from accounts.models import User
@@ -676,7 +680,7 @@ def main() -> None:
         for round_no in range(1, args.rounds + 1):
             order = variants if round_no % 2 else list(reversed(variants))
             for variant in order:
-                if variant.name != "countersign":
+                if not variant.name.startswith("countersign"):
                     # The baselines send the newest campaign's frozen deliveries.
                     submitted_campaign()
                 label = f"{variant.name}-{round_no}"
@@ -721,11 +725,11 @@ def print_table(variants: list[Variant], n: int, notes: list[str]) -> None:
             f"| {cpu:.2f} ms | {machine:.2f} ms |"
         )
     for v in variants:
-        if v.name == "countersign" and v.runs:
+        if v.name.startswith("countersign") and v.runs:
             early = max(r.rss_early for r in v.runs)
             peak = max(r.rss_peak for r in v.runs)
             print(
-                f"countersign worker RSS (largest process, sampled every 0.2 s): "
+                f"{v.name} worker RSS (largest process, sampled every 0.2 s): "
                 f"{early:.0f} MB after the first 10% of messages, {peak:.0f} MB peak"
             )
     if "countersign" in medians:
