@@ -75,7 +75,7 @@ def base_env(**extra: str) -> dict[str, str]:
     # The rate limiter out of the way: this measures the sender, not the limit.
     env["SEND_RATE_PER_SECOND"] = "1000000"
     env["SEND_BURST"] = "1000000"
-    env["EMAIL_TRANSPORT"] = "django.core.mail.backends.smtp.EmailBackend"
+    env["EMAIL_TRANSPORT"] = "campaigns.smtp.SMTPTransport"
     env.update(extra)
     return env
 

@@ -28,6 +28,7 @@ from .guard.addresses import envelope_address, message_bytes, sanitized_address,
 from .guard.provider import is_anymail
 from .guard.vocabulary import GuardViolation
 from .models import Campaign
+from .smtp import SMTPTransport
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class GuardedBackend(BaseEmailBackend):
         """
         transport = self.transport
         connection = getattr(transport, "connection", None)
-        if type(transport) is not SMTPBackend or connection is None:
+        if type(transport) not in (SMTPBackend, SMTPTransport) or connection is None:
             return int(transport.send_messages([message]) or 0)
         if not message.recipients():
             return 0

@@ -30,7 +30,10 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-SMTP_TRANSPORT = "django.core.mail.backends.smtp.EmailBackend"
+# The project's SMTP transport (Django's, with each message's commands pipelined when the
+# server offers PIPELINING, as this sink does unless told not to).
+SMTP_TRANSPORT = "campaigns.smtp.SMTPTransport"
+DJANGO_SMTP_TRANSPORT = "django.core.mail.backends.smtp.EmailBackend"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,16 @@ class _Handler:
 
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:
+            # aiosmtpd reads commands one line at a time from a buffer, so it serves
+            # pipelined commands in order; it only does not say so.
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         peer = session.peer if isinstance(session.peer, tuple) else (str(session.peer), 0)
@@ -87,8 +100,9 @@ class _LoopbackController(Controller):
 class SmtpSink:
     """A thread-safe SMTP sink on 127.0.0.1; start() it, or use it as a context manager."""
 
-    def __init__(self, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, *, host: str = "127.0.0.1", pipelining: bool = True) -> None:
         self.host = host
+        self.pipelining = pipelining
         self._messages: list[ReceivedMessage] = []
         self._condition = threading.Condition()
         self._controller: _LoopbackController | None = None
