@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC
 from typing import Any
@@ -68,6 +69,9 @@ def digest_content(campaign: Campaign) -> dict[str, Any]:
 
 
 AUDIENCE_HASH_START = b"countersign.audience.v1\n"
+# Text json.dumps(ensure_ascii=False) writes as it is, between quotes: no quote, backslash
+# or control character (the only characters it escapes then).
+_JSON_AS_IS = re.compile(r'[^"\\\x00-\x1f]*')
 
 
 def audience_hash(rows: Iterable[tuple[int, str, Mapping[str, str] | str]]) -> str:
@@ -89,7 +93,12 @@ def audience_hash(rows: Iterable[tuple[int, str, Mapping[str, str] | str]]) -> s
             )
         previous = user_id
         if isinstance(data, str):
-            address_json = json.dumps(address.lower(), ensure_ascii=False)
+            lowered = address.lower()
+            address_json = (
+                f'"{lowered}"'
+                if _JSON_AS_IS.fullmatch(lowered)
+                else json.dumps(lowered, ensure_ascii=False)
+            )
             digest.update(f"[{int(user_id)},{address_json},{data}]".encode())
         else:
             digest.update(_canonical_json([user_id, address.lower(), dict(data)]))

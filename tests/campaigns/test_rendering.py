@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import re
 import time
 import unicodedata
@@ -718,6 +719,23 @@ def test_audience_hash_covers_ids_addresses_and_data_case_insensitively() -> Non
     assert audience_hash([(1, "ada@example.org", {"first_name": "Ad"}), rows[1]]) != base
     assert audience_hash([(3, "ada@example.org", {"first_name": "Ada"}), (4, *rows[1][1:])]) != base
     assert audience_hash([rows[0], (2, "bob@example.org", {"locale": "en"})]) != base
+
+
+def test_audience_hash_reads_data_given_as_canonical_text_the_same_way() -> None:
+    """PostgreSQL hands the data over as canonical JSON text (AUDIENCE_DATA_SQL); the
+    address is quoted without json.dumps when that would write it unchanged."""
+    data = {"first_name": "Zoë", "plan": 'say "hi"\\'}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    for address in [
+        "Ada@Example.org",
+        "zoë@example.org",
+        'odd"quote@example.org',
+        "back\\slash@example.org",
+        "ctl\x01char@example.org",
+        "sep\u2028line@example.org",
+        "DEL\x7f@example.org",
+    ]:
+        assert audience_hash([(7, address, text)]) == audience_hash([(7, address, data)]), address
 
 
 def test_audience_hash_refuses_rows_out_of_user_order() -> None:
