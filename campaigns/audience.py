@@ -192,11 +192,15 @@ def _hash_in_database(campaign: Campaign) -> str:
     time and are never all in memory.
     """
     quote = connection.ops.quote_name
+    user_id, address, data = quote("user_id"), quote("address"), quote("recipient_data")
+    # The rows are put in order first (OFFSET 0 keeps that a step of its own) and each
+    # one's JSON is made as it leaves: made before the sort, every row would be ready
+    # only once all were, and nothing would overlap.
     sql = (
-        f"COPY (SELECT d.{quote('user_id')}, d.{quote('address')}, {AUDIENCE_DATA_SQL} "
-        f"FROM {quote(Delivery._meta.db_table)} AS d "
-        f"WHERE d.{quote('campaign_id')} = %s AND d.{quote('user_id')} IS NOT NULL "
-        f"ORDER BY d.{quote('user_id')}) TO STDOUT"
+        f"COPY (SELECT d.{user_id}, d.{address}, {AUDIENCE_DATA_SQL} FROM ("
+        f"SELECT {user_id}, {address}, {data} FROM {quote(Delivery._meta.db_table)} "
+        f"WHERE {quote('campaign_id')} = %s AND {user_id} IS NOT NULL "
+        f"ORDER BY {user_id} OFFSET 0) AS d ORDER BY d.{user_id}) TO STDOUT"
     )
 
     def rows() -> Iterator[tuple[int, str, str]]:
