@@ -247,7 +247,13 @@ def _insert_select(campaign: Campaign) -> AudienceSummary:
         INSERT INTO {quote(meta.db_table)} ({", ".join(quote(column_of[c]) for c in columns)})
         SELECT %s, a.id, a.email,
             COALESCE(
-                CASE WHEN jsonb_typeof(a.attributes) = 'object' THEN (
+                CASE WHEN jsonb_typeof(a.attributes) <> 'object' THEN NULL
+                -- Every value a string (strict: an array is not looked into): kept whole,
+                -- without taking the object apart and aggregating it again.
+                WHEN NOT jsonb_path_exists(
+                    a.attributes, 'strict $.* ? (@.type() != "string")'
+                ) THEN a.attributes
+                ELSE (
                     SELECT jsonb_object_agg(e.key, e.value)
                     FROM jsonb_each(a.attributes) AS e
                     WHERE jsonb_typeof(e.value) = 'string'

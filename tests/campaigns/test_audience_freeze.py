@@ -35,6 +35,9 @@ def test_freezing_in_one_statement_matches_the_row_by_row_path(
     make_member("Ann.Upper@Example.org", first_name="Ann", attributes={"plan": "gold", "n": 3})
     make_member("zoe@example.org", first_name="Zoë", last_name="Ż", attributes={"plan": None})
     make_member("odd@example.org", attributes=["not", "an", "object"])
+    # Lists and objects are not strings, however many strings they hold.
+    make_member("lists@example.org", attributes={"tags": ["a", "b"], "none": [], "ok": "y"})
+    make_member("nested@example.org", attributes={"o": {"k": "v"}, "ok": "z"})
     # An attribute named like an account field loses to the account field.
     make_member("first@example.org", first_name="Real", attributes={"first_name": "Fake"})
     make_member("gone@example.org")
@@ -45,7 +48,7 @@ def test_freezing_in_one_statement_matches_the_row_by_row_path(
     count, digest, summary = freeze_audience(fast)
     slow_count, slow_digest, slow_summary = _freeze_row_by_row(slow)
 
-    assert (count, digest) == (slow_count, slow_digest) == (4, digest)
+    assert (count, digest) == (slow_count, slow_digest) == (6, digest)
     assert summary.suppressed == slow_summary.suppressed == 1
     assert _rows(fast.pk) == _rows(slow.pk)
     by_address = {address.lower(): data for _user, address, data in _rows(fast.pk)}
@@ -56,7 +59,11 @@ def test_freezing_in_one_statement_matches_the_row_by_row_path(
     assert ann["plan"] == "gold" and ann["first_name"] == "Ann"
     assert by_address["first@example.org"]["first_name"] == "Real"  # type: ignore[index]
     assert "odd@example.org" in by_address
-    assert Delivery.objects.filter(campaign=fast, status="pending").count() == 4
+    lists, nested = by_address["lists@example.org"], by_address["nested@example.org"]
+    assert isinstance(lists, dict) and isinstance(nested, dict)
+    assert lists["ok"] == "y" and "tags" not in lists and "none" not in lists
+    assert nested["ok"] == "z" and "o" not in nested
+    assert Delivery.objects.filter(campaign=fast, status="pending").count() == 6
 
 
 AWKWARD = {
