@@ -426,6 +426,7 @@ def send_batch(
     limiter = shared_limiter()
     connection = backend or get_connection()
     watch = StateWatch(campaign.pk)
+    accepted = Accepted(token, result)
     try:
         # Open it here, once: a backend opened by its caller stays open across
         # send_messages calls; otherwise every message would connect (and log in) anew.
@@ -433,7 +434,7 @@ def send_batch(
         for start in range(0, len(deliveries), chunk_size):
             chunk = deliveries[start : start + chunk_size]
             stopped = _send_chunk(
-                campaign, chunk, token, connection, limiter, suppressed, watch, result
+                campaign, chunk, token, connection, limiter, suppressed, watch, accepted
             )
             if stopped:
                 result.stopped = stopped
@@ -443,6 +444,7 @@ def send_batch(
             connection.close()
         except Exception:  # closing a broken connection must not hide the real outcome
             logger.exception("closing the mail connection failed")
+        accepted.record()
         result.released = release_claims(token)
     complete_if_done(campaign.pk)
     return result
@@ -460,9 +462,15 @@ def _send_chunk(
     limiter: Any,
     suppressed: set[str],
     watch: StateWatch,
-    result: BatchResult,
+    accepted: Accepted,
 ) -> str:
-    """Send one chunk of claimed deliveries; return why the batch must stop, or ""."""
+    """Send one chunk of claimed deliveries; return why the batch must stop, or "".
+
+    What the provider accepts is kept in `accepted` and recorded `sent` with the next
+    chunk's `sending` mark, in one statement (or when the batch ends): one commit per
+    chunk instead of two, and still never more than one chunk `sending` at a time.
+    """
+    result = accepted.result
     why = watch.current()
     if why == "cancelled":
         for delivery in chunk:
@@ -501,9 +509,9 @@ def _send_chunk(
         return ""
 
     # Commit `sending` before the network calls: if this worker dies now, the sweeper
-    # turns these rows into `unknown` instead of sending them again.
-    ready = _mark_sending(ready, token, now)
-    sent: list[tuple[Delivery, str, str]] = []
+    # turns these rows into `unknown` instead of sending them again. The previous chunk's
+    # accepted rows become `sent` in the same commit.
+    ready = _mark_sending(ready, token, now, accepted)
     stopped = ""
     # Each message leaves right after its token is taken (so the shared rate holds for
     # every window), and the chunk as a whole waits at most a quarter of the lease for
@@ -511,43 +519,37 @@ def _send_chunk(
     wait_budget = float(settings.CLAIM_LEASE_SECONDS) / 4
     chunk_started = time.monotonic()
     tokens = 0
-    try:
-        for index, (delivery, message) in enumerate(ready):
-            why = watch.current()
-            if why:
-                _unmark_sending([d for d, _ in ready[index:]], token)
-                if why == "cancelled":
-                    for rest, _ in ready[index:]:
-                        _end_claim(rest, token, Delivery.Status.SKIPPED, "campaign cancelled")
-                        result.other += 1
-                    why = ""
-                stopped = stopped or why
-                break
+    for index, (delivery, message) in enumerate(ready):
+        why = watch.current()
+        if why:
+            _unmark_sending([d for d, _ in ready[index:]], token)
+            if why == "cancelled":
+                for rest, _ in ready[index:]:
+                    _end_claim(rest, token, Delivery.Status.SKIPPED, "campaign cancelled")
+                    result.other += 1
+                why = ""
+            stopped = stopped or why
+            break
+        if not tokens:
+            # Tokens for the rest of the chunk in one round trip where the rate allows
+            # a block (ratelimit.BLOCK_SECONDS); at a low rate, one at a time.
+            waited = time.monotonic() - chunk_started
+            tokens = limiter.take(want=len(ready) - index, max_wait=max(0.0, wait_budget - waited))
             if not tokens:
-                # Tokens for the rest of the chunk in one round trip where the rate allows
-                # a block (ratelimit.BLOCK_SECONDS); at a low rate, one at a time.
-                waited = time.monotonic() - chunk_started
-                tokens = limiter.take(
-                    want=len(ready) - index, max_wait=max(0.0, wait_budget - waited)
-                )
-                if not tokens:
-                    _unmark_sending([d for d, _ in ready[index:]], token)
-                    stopped = "rate limit wait too long"
-                    break
-            tokens -= 1
-            outcome = _send_one(campaign, delivery, token, connection, message)
-            if outcome.sent:
-                sent.append((delivery, outcome.note, outcome.provider_message_id))
-            else:
-                result.other += 1
-            if outcome.stop:
-                # A guard violation paused the campaign: nothing more leaves this worker.
-                _unmark_sending([d for d, _ in ready[index + 1 :]], token)
-                stopped = watch.fresh() or "guard"
+                _unmark_sending([d for d, _ in ready[index:]], token)
+                stopped = "rate limit wait too long"
                 break
-    finally:
-        _mark_sent(sent, token)
-    result.sent += len(sent)
+        tokens -= 1
+        outcome = _send_one(campaign, delivery, token, connection, message)
+        if outcome.sent:
+            accepted.rows.append((delivery, outcome.note, outcome.provider_message_id))
+        else:
+            result.other += 1
+        if outcome.stop:
+            # A guard violation paused the campaign: nothing more leaves this worker.
+            _unmark_sending([d for d, _ in ready[index + 1 :]], token)
+            stopped = watch.fresh() or "guard"
+            break
     return stopped
 
 
@@ -591,10 +593,42 @@ def _execute(sql: str, params: list[Any]) -> tuple[list[tuple[Any, ...]], int]:
         return rows, cursor.rowcount
 
 
+class Accepted:
+    """Deliveries the provider accepted whose `sent` mark is not written yet.
+
+    It is written with the next chunk's `sending` mark (`_mark_sending`: on PostgreSQL
+    both UPDATEs in one statement, so one commit), or by `record()` when the batch ends,
+    however it ends. Until then the rows stay `sending`: a crash leaves them `unknown`,
+    as it would have during their own sends, and only one chunk is ever `sending`.
+    """
+
+    def __init__(self, token: uuid.UUID, result: BatchResult) -> None:
+        self.token = token
+        self.result = result
+        self.rows: list[tuple[Delivery, str, str]] = []
+
+    def record(self) -> None:
+        """Write the pending `sent` mark on its own."""
+        if self.rows:
+            _mark_sent(self.rows, self.token)
+            self.recorded(len(self.rows))
+
+    def recorded(self, count: int) -> None:
+        self.result.sent += count
+        self.rows = []
+
+
 def _mark_sending(
-    ready: list[tuple[Delivery, EmailMessage]], token: uuid.UUID, now: datetime
+    ready: list[tuple[Delivery, EmailMessage]],
+    token: uuid.UUID,
+    now: datetime,
+    accepted: Accepted | None = None,
 ) -> list[tuple[Delivery, EmailMessage]]:
-    """One fenced UPDATE: the chunk's claimed rows become `sending`. Returns those that did."""
+    """One fenced UPDATE: the chunk's claimed rows become `sending`. Returns those that did.
+
+    With `accepted`, the previous chunk's accepted rows are recorded `sent` first, in the
+    same statement on PostgreSQL (one round trip, one commit for both).
+    """
     if not ready:
         return ready
     ids = [delivery.pk for delivery, _ in ready]
@@ -602,20 +636,31 @@ def _mark_sending(
     lease = now + timedelta(seconds=settings.CLAIM_LEASE_SECONDS)
     moved: set[int]
     if _set_based():
-        rows, _count = _execute(
-            _MARK_SENDING_SQL,
-            [
-                Delivery.Status.SENDING,
-                lease,
-                timezone.now(),
-                ids,
-                message_ids,
-                token,
-                Delivery.Status.CLAIMED,
-            ],
-        )
+        params: list[Any] = [
+            Delivery.Status.SENDING,
+            lease,
+            timezone.now(),
+            ids,
+            message_ids,
+            token,
+            Delivery.Status.CLAIMED,
+        ]
+        if accepted is not None and accepted.rows:
+            sent_params = _mark_sent_params(accepted.rows, token)
+            with db_connection.cursor() as cursor:
+                # Two statements in one simple query: PostgreSQL runs them as one
+                # transaction; the first result is the `sent` UPDATE's, the next ours.
+                cursor.execute(f"{_MARK_SENT_SQL};\n{_MARK_SENDING_SQL}", [*sent_params, *params])
+                _warn_unrecorded(len(accepted.rows), cursor.rowcount)
+                cursor.cursor.nextset()
+                rows = cursor.fetchall()
+            accepted.recorded(len(accepted.rows))
+        else:
+            rows, _count = _execute(_MARK_SENDING_SQL, params)
         moved = {row[0] for row in rows}
     else:
+        if accepted is not None:
+            accepted.record()
         count = Delivery.objects.filter(
             pk__in=ids, claim_token=token, status=Delivery.Status.CLAIMED
         ).update(
@@ -694,6 +739,28 @@ def _send_one(
     return SendOutcome(True, provider_message_id=str(getattr(status, "message_id", "") or ""))
 
 
+def _mark_sent_params(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> list[Any]:
+    """The parameters of `_MARK_SENT_SQL` for these accepted rows."""
+    now = timezone.now()
+    return [
+        Delivery.Status.SENT,
+        now,
+        now,
+        [delivery.pk for delivery, _, _ in sent],
+        [note[:1000] for _, note, _ in sent],
+        [provider_id[:255] for _, _, provider_id in sent],
+        token,
+        Delivery.Status.SENDING,
+    ]
+
+
+def _warn_unrecorded(expected: int, count: int) -> None:
+    if count != expected:
+        logger.warning(
+            "%d of %d sent deliveries were no longer ours to record", expected - count, expected
+        )
+
+
 def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
     """The provider accepted these: `sending` -> `sent`, one UPDATE fenced on our claim."""
     if not sent:
@@ -703,19 +770,7 @@ def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
     provider_ids = [provider_id[:255] for _, _, provider_id in sent]
     now = timezone.now()
     if _set_based():
-        _rows, count = _execute(
-            _MARK_SENT_SQL,
-            [
-                Delivery.Status.SENT,
-                now,
-                now,
-                ids,
-                notes,
-                provider_ids,
-                token,
-                Delivery.Status.SENDING,
-            ],
-        )
+        _rows, count = _execute(_MARK_SENT_SQL, _mark_sent_params(sent, token))
     else:
         changes: dict[str, Any] = {
             "status": Delivery.Status.SENT,
@@ -735,10 +790,7 @@ def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
         count = Delivery.objects.filter(
             pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
         ).update(**changes)
-    if count != len(ids):
-        logger.warning(
-            "%d of %d sent deliveries were no longer ours to record", len(ids) - count, len(ids)
-        )
+    _warn_unrecorded(len(ids), count)
 
 
 def _block(

@@ -604,13 +604,17 @@ def test_provider_reporting_other_recipients_records_sent_and_pauses(
 
 
 class CountingTransport(BaseEmailBackend):
-    """Sends, and notes how many rows of the ledger are `sending` at each send."""
+    """Sends, and notes how many rows of the ledger are `sending` and `sent` at each send."""
 
     in_flight: list[int] = []
+    recorded: list[int] = []
 
     def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         CountingTransport.in_flight.append(
             Delivery.objects.filter(status=Delivery.Status.SENDING).count()
+        )
+        CountingTransport.recorded.append(
+            Delivery.objects.filter(status=Delivery.Status.SENT).count()
         )
         mail.outbox.extend(email_messages)
         return len(email_messages)
@@ -625,12 +629,23 @@ def test_a_crash_at_any_moment_leaves_at_most_one_chunk_ambiguous(
     settings.SEND_CHUNK_SIZE = 5
     settings.EMAIL_TRANSPORT = "tests.campaigns.test_worker.CountingTransport"
     CountingTransport.in_flight = []
-    result = worker.send_batch(campaign.pk, limit=100)
+    CountingTransport.recorded = []
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        result = worker.send_batch(campaign.pk, limit=100)
     assert result.sent == 23 and statuses(campaign) == {"sent": 23}
     # A kill -9 during any send leaves the `sending` rows `unknown`: never more than a chunk.
     assert len(CountingTransport.in_flight) == 23
     assert max(CountingTransport.in_flight) == 5
     assert CountingTransport.in_flight[-1] == 3  # the last, short chunk
+    # Every earlier chunk is recorded `sent` before the next one goes out.
+    assert CountingTransport.recorded == [5 * (i // 5) for i in range(23)]
+    if connection.vendor == "postgresql":
+        # ... in the same statement as that chunk's `sending` mark: one commit per chunk.
+        combined = [q for q in queries if ";\nUPDATE" in q["sql"]]
+        assert len(combined) == 4, [q["sql"][:80] for q in queries]
 
 
 def test_a_batch_reads_the_suppressions_once(
