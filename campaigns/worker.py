@@ -145,8 +145,12 @@ def claim_deliveries(
         Delivery.objects.filter(Q(pk__in=ids) & _due(campaign_id, now)).update(
             status=Delivery.Status.CLAIMED, claim_token=token, lease_expires_at=lease
         )
+    # With the campaign, the work index (campaign, status) finds the claimed rows; without
+    # it, every status entry of every campaign the ledger ever held is read.
     claimed = list(
-        Delivery.objects.filter(claim_token=token, status=Delivery.Status.CLAIMED)
+        Delivery.objects.filter(
+            campaign_id=campaign_id, claim_token=token, status=Delivery.Status.CLAIMED
+        )
         .order_by("id")
         .values_list("id", flat=True)
     )
@@ -166,9 +170,15 @@ def _fenced(delivery_id: int, token: uuid.UUID, expected: str, **changes: Any) -
     return count == 1
 
 
-def release_claims(token: uuid.UUID) -> int:
-    """Give unsent claimed rows back (pause, stop, shutdown): they never reached the provider."""
-    return Delivery.objects.filter(claim_token=token, status=Delivery.Status.CLAIMED).update(
+def release_claims(token: uuid.UUID, campaign_id: int) -> int:
+    """Give unsent claimed rows back (pause, stop, shutdown): they never reached the provider.
+
+    The campaign lets the work index (campaign, status) find them.
+    """
+    rows = Delivery.objects.filter(
+        campaign_id=campaign_id, claim_token=token, status=Delivery.Status.CLAIMED
+    )
+    return rows.update(
         status=Delivery.Status.PENDING,
         claim_token=None,
         lease_expires_at=None,
@@ -445,7 +455,7 @@ def send_batch(
         except Exception:  # closing a broken connection must not hide the real outcome
             logger.exception("closing the mail connection failed")
         accepted.record()
-        result.released = release_claims(token)
+        result.released = release_claims(token, campaign.pk)
     complete_if_done(campaign.pk)
     return result
 

@@ -144,7 +144,7 @@ def test_claims_are_disjoint(olivia: User, rita: User, members: list[User]) -> N
 def test_fenced_update_refuses_a_stale_claim(olivia: User, rita: User, members: list[User]) -> None:
     campaign = approved(olivia, rita)
     token, ids = worker.claim_deliveries(campaign.pk, limit=1)
-    assert worker.release_claims(token) == 1
+    assert worker.release_claims(token, campaign.pk) == 1
     assert not worker._fenced(ids[0], token, Delivery.Status.CLAIMED, status=Delivery.Status.SENT)
     assert Delivery.objects.get(pk=ids[0]).status == Delivery.Status.PENDING
 
@@ -676,3 +676,23 @@ def test_a_batch_reads_the_suppressions_once(
     # The rest does not grow with the messages: claim, load, suppressions, attributes,
     # two UPDATEs per chunk (of 10), release, completion and its audit event.
     assert len(others) - len(state_reads) <= 20
+
+
+def test_claim_reads_find_their_rows_through_the_campaigns_work_index(
+    olivia: User, rita: User, members: list[User]
+) -> None:
+    """Every claim-token lookup names the campaign: without it PostgreSQL reads every
+    status entry of every campaign the ledger ever held, once per batch."""
+    campaign = approved(olivia, rita)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        token, ids = worker.claim_deliveries(campaign.pk, limit=3)
+        assert worker.release_claims(token, campaign.pk) == 3
+    by_token = [
+        q["sql"] for q in queries if str(token).replace("-", "") in q["sql"].replace("-", "")
+    ]
+    assert len(by_token) >= 2
+    for sql in by_token:
+        assert '"campaign_id" = ' in sql, sql
