@@ -404,9 +404,10 @@ def send_batch(
     built and passes the guard's pre-flight, one fenced UPDATE commits the chunk
     `sending`, the messages go out one by one on the reused connection (each after a
     look at the campaign's state, re-read at most every SEND_STATE_RECHECK_SECONDS, and a
-    token from the shared limiter, each through the guarded backend), and one fenced
-    UPDATE records the chunk `sent`. A crash
-    therefore leaves at most one chunk per worker process ambiguous (`unknown`).
+    token from the shared limiter, each through the guarded backend), and a fenced
+    UPDATE records the chunk `sent`, together with the next chunk's `sending` mark or on
+    its own when the batch ends (`Accepted`). Only one chunk is ever `sending`, so a
+    crash leaves at most one chunk per worker process ambiguous (`unknown`).
     """
     result = BatchResult()
     campaign = Campaign.objects.select_related("sender").filter(pk=campaign_id).first()

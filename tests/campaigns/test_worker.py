@@ -674,7 +674,7 @@ def test_a_batch_reads_the_suppressions_once(
     ]
     assert len(state_reads) == 2
     # The rest does not grow with the messages: claim, load, suppressions, attributes,
-    # two UPDATEs per chunk (of 10), release, completion and its audit event.
+    # the ledger's UPDATEs per chunk (of 10), release, completion and its audit event.
     assert len(others) - len(state_reads) <= 20
 
 
