@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import smtplib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.mail.backends.smtp import EmailBackend
 
@@ -72,7 +72,14 @@ class PipeliningMixin:
         lines += [_command("rcpt", f"TO:{smtplib.quoteaddr(each)}") for each in recipients]
         lines.append(_command("data"))
         self.send("".join(lines))  # type: ignore[attr-defined]
-        replies = [self._reply() for _ in lines]
+        replies: list[tuple[int, bytes]] = []
+        for _line in lines:
+            replies.append(self._reply())
+            if replies[-1][0] == 421:
+                # The server is closing: no more replies will come. Refused as smtplib
+                # refuses at that step, so nothing reads as lost in transit.
+                self.close()  # type: ignore[attr-defined]
+                self._refuse_closing(from_addr, recipients, replies)
         (mail_code, mail_text), (data_code, data_text) = replies[0], replies[-1]
         refused = {
             each: reply
@@ -100,6 +107,23 @@ class PipeliningMixin:
             self._end_transaction(code)
             raise smtplib.SMTPDataError(code, text)
         return refused
+
+    @staticmethod
+    def _refuse_closing(
+        from_addr: str, recipients: list[str], replies: list[tuple[int, bytes]]
+    ) -> NoReturn:
+        """Raise smtplib's error for a 421 answer to the last of `replies`."""
+        code, text = replies[-1]
+        if len(replies) == 1:
+            raise smtplib.SMTPSenderRefused(code, text, from_addr)
+        if len(replies) <= len(recipients) + 1:
+            refused = {
+                each: reply
+                for each, reply in zip(recipients, replies[1:], strict=False)
+                if reply[0] not in (250, 251)
+            }
+            raise smtplib.SMTPRecipientsRefused(refused)
+        raise smtplib.SMTPDataError(code, text)
 
     def _reply(self) -> tuple[int, bytes]:
         code, text = self.getreply()  # type: ignore[attr-defined]

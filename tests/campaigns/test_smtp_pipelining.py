@@ -15,7 +15,9 @@ from pytest_django.fixtures import Settings as SettingsWrapper
 from campaigns.backends import GuardedBackend
 from campaigns.guard.addresses import message_bytes
 from campaigns.guard.vocabulary import GuardViolation
+from campaigns.models import Delivery
 from campaigns.smtp import PipeliningSMTP, SMTPTransport
+from campaigns.worker import classify_failure
 from tests.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.django_db
@@ -160,35 +162,57 @@ def test_the_guard_still_reads_the_real_envelope_at_sendmail(
     assert sink.count() == 0
 
 
-def test_a_354_after_a_refused_recipient_writes_no_content() -> None:
-    """A server that takes DATA although it refused the only recipient is disconnected
-    before the content: without its end-of-data mark no message can be delivered."""
+def _scripted_server(replies: bytes, after_data: list[bytes]) -> tuple[int, threading.Thread]:
+    """A one-connection SMTP server that offers PIPELINING, reads the three pipelined
+    commands, answers them with `replies`, and keeps whatever else the client writes."""
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    after_data: list[bytes] = []
+    port = int(listener.getsockname()[1])
 
     def serve() -> None:
         conn, _ = listener.accept()
+        listener.close()
         with conn, conn.makefile("rb") as lines:
             conn.sendall(b"220 scripted\r\n")
             lines.readline()  # EHLO
             conn.sendall(b"250-scripted\r\n250 PIPELINING\r\n")
             commands = [lines.readline() for _ in range(3)]
             assert commands[2].upper() == b"DATA\r\n", commands
-            conn.sendall(b"250 ok\r\n550 no such user\r\n354 go ahead\r\n")
+            conn.sendall(replies)
+            if replies.startswith(b"421"):
+                return  # and hang up, as a server that is shutting down does
             conn.settimeout(10)
             while chunk := lines.read1(65536):  # until the client hangs up
                 after_data.append(chunk)
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
+    return port, server
+
+
+def test_a_354_after_a_refused_recipient_writes_no_content() -> None:
+    """A server that takes DATA although it refused the only recipient is disconnected
+    before the content: without its end-of-data mark no message can be delivered."""
+    after_data: list[bytes] = []
+    port, server = _scripted_server(b"250 ok\r\n550 no such user\r\n354 go ahead\r\n", after_data)
     client = PipeliningSMTP("127.0.0.1", port, timeout=10)
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         client.sendmail("news@example.com", ["ann@example.org"], b"Subject: x\r\n\r\nsecret\r\n")
     server.join(timeout=30)
-    listener.close()
     assert not server.is_alive()
     # Not the content, and not an RSET either: in data mode the server would take any
     # later line as content, up to the next message's end-of-data mark.
     assert b"".join(after_data) == b""
     assert client.sock is None
+
+
+def test_a_421_is_a_refusal_to_retry_not_a_message_lost_in_transit() -> None:
+    """A server shutting down answers 421 and hangs up without the other replies:
+    smtplib's refusal for that step, which the worker retries (a disconnect would leave
+    the delivery `unknown`)."""
+    port, server = _scripted_server(b"421 4.3.2 shutting down\r\n", [])
+    client = PipeliningSMTP("127.0.0.1", port, timeout=10)
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        client.sendmail("news@example.com", ["ann@example.org"], b"Subject: x\r\n\r\nx\r\n")
+    server.join(timeout=30)
+    assert refused.value.smtp_code == 421 and client.sock is None
+    assert classify_failure(refused.value).status == Delivery.Status.RETRY_WAIT
