@@ -213,7 +213,8 @@ def group_cpu_seconds(pgid: int) -> float:
 
 
 class Worker:
-    """`celery -A config worker -c 2` in its own process group (only this group is ever ended)."""
+    """`celery -A config worker -c K` (2 by default) in its own process group (only this
+    group is ever ended)."""
 
     def __init__(self, env: dict[str, str], log: Path, concurrency: int = 2) -> None:
         celery = str(Path(PYTHON).with_name("celery"))

@@ -35,6 +35,17 @@ def _command(cmd: str, args: str = "") -> str:
     return f"{line}\r\n"
 
 
+def _refused(
+    recipients: list[str], replies: list[tuple[int, bytes]]
+) -> dict[str, tuple[int, bytes]]:
+    """The recipients whose RCPT TO reply (in order; the list may stop early) refused them."""
+    return {
+        each: reply
+        for each, reply in zip(recipients, replies, strict=False)
+        if reply[0] not in (250, 251)
+    }
+
+
 class PipeliningMixin:
     """`sendmail` with MAIL FROM, every RCPT TO and DATA in one write (RFC 2920).
 
@@ -80,20 +91,16 @@ class PipeliningMixin:
                 # refuses at that step, so nothing reads as lost in transit.
                 self.close()  # type: ignore[attr-defined]
                 self._refuse_closing(from_addr, recipients, replies)
+        # No reply was a 421 from here on: a refusal resets the transaction.
         (mail_code, mail_text), (data_code, data_text) = replies[0], replies[-1]
-        refused = {
-            each: reply
-            for each, reply in zip(recipients, replies[1:-1], strict=True)
-            if reply[0] not in (250, 251)
-        }
+        refused = _refused(recipients, replies[1:-1])
         if data_code == 354 and (mail_code != 250 or len(refused) == len(recipients)):
             self.close()  # type: ignore[attr-defined]
         if mail_code != 250:
             self._end_transaction(mail_code)
             raise smtplib.SMTPSenderRefused(mail_code, mail_text, from_addr)
         if len(refused) == len(recipients):
-            closing = any(code == 421 for code, _text in refused.values())
-            self._end_transaction(421 if closing else 550)
+            self._end_transaction(550)
             raise smtplib.SMTPRecipientsRefused(refused)
         if data_code != 354:
             self._end_transaction(data_code)
@@ -117,12 +124,7 @@ class PipeliningMixin:
         if len(replies) == 1:
             raise smtplib.SMTPSenderRefused(code, text, from_addr)
         if len(replies) <= len(recipients) + 1:
-            refused = {
-                each: reply
-                for each, reply in zip(recipients, replies[1:], strict=False)
-                if reply[0] not in (250, 251)
-            }
-            raise smtplib.SMTPRecipientsRefused(refused)
+            raise smtplib.SMTPRecipientsRefused(_refused(recipients, replies[1:]))
         raise smtplib.SMTPDataError(code, text)
 
     def _reply(self) -> tuple[int, bytes]:

@@ -786,16 +786,26 @@ def _send_one(
     return SendOutcome(True, provider_message_id=str(getattr(status, "message_id", "") or ""))
 
 
+def _sent_values(sent: list[tuple[Delivery, str, str]]) -> tuple[list[int], list[str], list[str]]:
+    """The accepted rows' ids, notes and provider ids, each cut to its column."""
+    return (
+        [delivery.pk for delivery, _, _ in sent],
+        [note[:1000] for _, note, _ in sent],
+        [provider_id[:255] for _, _, provider_id in sent],
+    )
+
+
 def _mark_sent_params(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> list[Any]:
     """The parameters of `_MARK_SENT_SQL` for these accepted rows."""
     now = timezone.now()
+    ids, notes, provider_ids = _sent_values(sent)
     return [
         Delivery.Status.SENT,
         now,
         now,
-        [delivery.pk for delivery, _, _ in sent],
-        [note[:1000] for _, note, _ in sent],
-        [provider_id[:255] for _, _, provider_id in sent],
+        ids,
+        notes,
+        provider_ids,
         token,
         Delivery.Status.SENDING,
     ]
@@ -812,13 +822,11 @@ def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
     """The provider accepted these: `sending` -> `sent`, one UPDATE fenced on our claim."""
     if not sent:
         return
-    ids = [delivery.pk for delivery, _, _ in sent]
-    notes = [note[:1000] for _, note, _ in sent]
-    provider_ids = [provider_id[:255] for _, _, provider_id in sent]
-    now = timezone.now()
     if _set_based():
         _rows, count = _execute(_MARK_SENT_SQL, _mark_sent_params(sent, token))
     else:
+        ids, notes, provider_ids = _sent_values(sent)
+        now = timezone.now()
         changes: dict[str, Any] = {
             "status": Delivery.Status.SENT,
             "claim_token": None,
@@ -837,7 +845,7 @@ def _mark_sent(sent: list[tuple[Delivery, str, str]], token: uuid.UUID) -> None:
         count = Delivery.objects.filter(
             pk__in=ids, claim_token=token, status=Delivery.Status.SENDING
         ).update(**changes)
-    _warn_unrecorded(len(ids), count)
+    _warn_unrecorded(len(sent), count)
 
 
 def _block(

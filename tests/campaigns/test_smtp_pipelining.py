@@ -24,10 +24,7 @@ pytestmark = pytest.mark.django_db
 
 
 class Refusing:
-    """A sink handler's hooks that refuse one sender, one recipient and one subject."""
-
-    def __init__(self, sink: SmtpSink) -> None:
-        self.sink = sink
+    """A sink handler's hooks that refuse one sender and one recipient."""
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -108,7 +105,7 @@ def test_refusals_raise_smtplibs_errors_and_the_connection_goes_on(
 ) -> None:
     with SmtpSink() as sink:
         handler = sink._controller.handler  # type: ignore[union-attr]
-        refusing = Refusing(sink)
+        refusing = Refusing()
         monkeypatch.setattr(handler, "handle_MAIL", refusing.handle_MAIL, raising=False)
         monkeypatch.setattr(handler, "handle_RCPT", refusing.handle_RCPT, raising=False)
         transport = SMTPTransport(host="127.0.0.1", port=sink.port, timeout=10)
